@@ -1,0 +1,33 @@
+"""Megatron-LTD: 3D-parallel GPT/BERT pretraining with random-LTD on megatron-core."""
+
+from setuptools import find_namespace_packages, setup
+
+setup(
+    name="megatron-ltd",
+    version="0.1.0",
+    description="Random and layerwise token dropping (random-LTD) for megatron-core pretraining",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # `megatron` is a namespace package shared with megatron-core (which owns megatron.core):
+    # there is deliberately no megatron/__init__.py here.
+    packages=find_namespace_packages(include=["megatron.*"], exclude=["megatron.core*"]),
+    install_requires=[
+        "megatron-core==0.16.1",
+        # A range, not a pin: a GPU machine keeps the torch it has. The setup script installs
+        # the CPU build (2.13.0) first on machines without torch.
+        "torch>=2.4",
+        "numpy",
+        "pybind11",
+        "packaging",
+        "sentencepiece",
+        "tokenizers",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout"],
+        "eval": ["lm-eval>=0.4,<0.5"],
+    },
+)
