@@ -171,3 +171,37 @@ def max_rel_diff(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], keys: O
         denom = max(float(b[k].abs().max()), 1e-12)
         worst = max(worst, float((a[k] - b[k]).abs().max()) / denom)
     return worst
+
+
+class LTDForwardStep:
+    """A GPT forward step that makes the random-LTD index plan of each micro-batch from its
+    global sample ids (the same way on every rank and layout) and hands it to the model."""
+
+    def __init__(self, layers, k, seq_length, seed=11, iteration=0, stratified_tp=1, attention_mask=None):
+        self.layers, self.k, self.seq_length = list(layers), k, seq_length
+        self.seed, self.iteration, self.stratified_tp = seed, iteration, stratified_tp
+        self.attention_mask = attention_mask
+        self.plans = []
+
+    def make_plan(self, sample_ids):
+        from megatron.ltd.sampler import build_index_plan
+
+        return build_index_plan(
+            self.seed, self.iteration, sample_ids, self.layers, self.k, self.seq_length,
+            device=torch.device("cpu"), tp_size=self.stratified_tp, stratified=self.stratified_tp > 1,
+        )
+
+    def __call__(self, data_iterator, model):
+        from megatron.ltd.layer import gpt_forward_kwargs
+
+        batch = next(data_iterator)
+        plan = self.make_plan(batch["sample_id"])
+        self.plans.append(None if plan is None else plan.indices.clone())
+        output = model(batch["tokens"], batch["position_ids"], self.attention_mask, labels=batch["labels"], **gpt_forward_kwargs(plan))
+
+        def loss_func(output_tensor):
+            mask = batch["loss_mask"].float()
+            loss = (output_tensor.float() * mask).sum() / mask.sum()
+            return loss, {"lm loss": loss.detach().clone()}
+
+        return output, loss_func

@@ -1,0 +1,150 @@
+"""Random-LTD inside megatron-core's transformer layer, through ModuleSpec.
+
+:class:`RandomLTDTransformerLayer` subclasses megatron-core's ``TransformerLayer`` without adding
+a parameter or buffer, so its state-dict keys are exactly the stock layer's (a random-LTD
+checkpoint loads into a baseline model and back). A dropping layer
+
+1. picks its row of the micro-batch's index plan (``LongTensor[n_ltd_layers, b, k]``),
+2. gathers the kept tokens of the hidden states (and of the attention mask / rotary angles),
+3. runs the stock layer on those ``k`` tokens (kept tokens attend only to kept tokens; their
+   order is preserved, so a causal mask stays causal among them),
+4. scatters the outputs back; dropped tokens come out exactly as they went in.
+
+How the plan travels: as the transformer block's ``context_mask`` argument. megatron-core passes
+that argument, unchanged, to every layer of the block, and through full activation recompute as
+a checkpointed input, and decoder-only / encoder-only models have no cross-attention that would
+read it. So the plan is made once per micro-batch and rides with that micro-batch's forward
+(and its recomputation), never through mutable state read later: several micro-batches can be
+in flight under 1F1B. GPT passes it with ``GPTModel(..., extra_block_kwargs=...)``
+(:func:`gpt_forward_kwargs`); BERT, whose forward has no such hook, through
+:func:`carry_plan`, a forward pre-hook scoped to one model call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Sequence, Tuple
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from megatron.ltd.ops import gather_mask, gather_rotary, gather_tokens, scatter_tokens
+from megatron.ltd.sampler import IndexPlan, local_shard_plan
+
+
+class RandomLTDTransformerLayer(TransformerLayer):
+    """A ``TransformerLayer`` that runs on the kept tokens when its global layer number is listed.
+
+    ``ltd_layer_numbers`` are GLOBAL, 0-based layer numbers in plan-row order; the layer finds its
+    own row from ``self.layer_number`` (megatron-core's global, 1-based number), so the same spec
+    works for any pipeline split.
+    """
+
+    def __init__(self, *args, ltd_layer_numbers: Sequence[int] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ltd_layer_numbers: Tuple[int, ...] = tuple(int(n) for n in ltd_layer_numbers)
+        own = self.layer_number - 1
+        self.ltd_row: Optional[int] = self.ltd_layer_numbers.index(own) if own in self.ltd_layer_numbers else None
+        if self.config.context_parallel_size != 1:
+            raise ValueError("random-LTD does not support context parallelism (--context-parallel-size 1)")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        context: Optional[torch.Tensor] = None,
+        context_mask: Optional[torch.Tensor] = None,
+        rotary_pos_emb: Optional[torch.Tensor] = None,
+        **kwargs,
+    ):
+        plan = context_mask  # the index plan rides in the (otherwise unused) cross-attention mask slot
+        if plan is None or self.ltd_row is None or kwargs.get("inference_context") is not None:
+            return super().forward(
+                hidden_states=hidden_states,
+                attention_mask=attention_mask,
+                context=context,
+                context_mask=None,
+                rotary_pos_emb=rotary_pos_emb,
+                **kwargs,
+            )
+        if plan.dim() != 3 or plan.shape[0] != len(self.ltd_layer_numbers):
+            raise ValueError(
+                f"index plan of shape {tuple(plan.shape)} does not match the {len(self.ltd_layer_numbers)} "
+                f"random-LTD layers {list(self.ltd_layer_numbers)}"
+            )
+        sp = self.config.sequence_parallel
+        tp = parallel_state.get_tensor_model_parallel_world_size() if sp else 1
+        seq_length = hidden_states.shape[0] * tp
+        k = plan.shape[-1]
+        if k >= seq_length:  # the ramp has ended: the dropping path costs nothing
+            return super().forward(
+                hidden_states=hidden_states,
+                attention_mask=attention_mask,
+                context=context,
+                context_mask=None,
+                rotary_pos_emb=rotary_pos_emb,
+                **kwargs,
+            )
+        idx = plan[self.ltd_row]  # [b, k] global positions
+        if sp and tp > 1:
+            local_idx = local_shard_plan(idx, parallel_state.get_tensor_model_parallel_rank(), tp, seq_length)
+        else:
+            local_idx = idx
+        kept = gather_tokens(hidden_states, local_idx)
+        kept_mask = gather_mask(attention_mask, idx) if attention_mask is not None else None
+        kept_rope = None
+        if rotary_pos_emb is not None:
+            if isinstance(rotary_pos_emb, tuple):
+                kept_rope = tuple(gather_rotary(r, idx) for r in rotary_pos_emb)
+            else:
+                kept_rope = gather_rotary(rotary_pos_emb, idx)
+        out, context = super().forward(
+            hidden_states=kept,
+            attention_mask=kept_mask,
+            context=context,
+            context_mask=None,
+            rotary_pos_emb=kept_rope,
+            **kwargs,
+        )
+        return scatter_tokens(hidden_states, out, local_idx), context
+
+
+def plan_tensor(plan) -> Optional[torch.Tensor]:
+    """The tensor that travels with the forward: ``IndexPlan.indices``, a raw tensor, or None."""
+    if plan is None:
+        return None
+    if isinstance(plan, IndexPlan):
+        return plan.indices
+    return plan
+
+
+def gpt_forward_kwargs(plan) -> dict:
+    """Keyword arguments for ``GPTModel.forward`` that hand the plan to every layer."""
+    t = plan_tensor(plan)
+    return {} if t is None else {"extra_block_kwargs": {"context_mask": t}}
+
+
+@contextlib.contextmanager
+def carry_plan(block: torch.nn.Module, plan):
+    """Pass ``plan`` to ``block`` (a TransformerBlock) for the model calls made inside the scope.
+
+    For models whose forward cannot forward extra block arguments (megatron-core's BertModel).
+    The hook only fills the block's ``context_mask`` argument at call time; layers and recompute
+    then see the plan as an argument, not as state.
+    """
+    t = plan_tensor(plan)
+    if t is None:
+        yield
+        return
+
+    def _inject(module, args, kwargs):
+        kwargs = dict(kwargs)
+        kwargs["context_mask"] = t
+        return args, kwargs
+
+    handle = block.register_forward_pre_hook(_inject, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,217 @@
+"""The index plan: which ``k`` of the ``s`` tokens each (dropping layer, sample) keeps.
+
+The plan is a PURE function of ``(seed, iteration, global sample id, layer number, k)`` (and, in
+stratified mode, of the number of shards). It uses no torch RNG state and no communication, so every
+tensor-/context-parallel rank, a recomputed forward, a resumed run and any TP/PP/DP layout compute
+the same indices on their own. It is also bit-identical on CPU and CUDA: only integer ops, on values
+kept below 2**49 (no int64 overflow), and the keys of one row are all distinct (no ties to break).
+
+How: every (layer, sample, position) gets a 32-bit key ``mix32(P[pos] ^ row_base)``, where
+``P = mix32(arange(s))`` and ``row_base`` hashes (seed, iteration, layer, sample id). ``mix32`` is
+a bijection of 32-bit integers, so within a row the keys are distinct; the ``k`` smallest keys are a
+uniform random subset of the positions (without replacement), which is then sorted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["IndexPlan", "make_index_plan", "build_index_plan", "local_shard_plan", "plan_needed"]
+
+_M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+# Multipliers of the "lowbias32" 32-bit integer hash (public-domain constants).
+_C1 = 0x7FEB352D
+_C2 = 0x846CA68B
+
+IntLike = Union[int, torch.Tensor]
+
+
+def _mul32(x: IntLike, c: int) -> IntLike:
+    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` without leaving int64 range (max ~2**49)."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: IntLike) -> IntLike:
+    """A bijection on [0, 2**32) with good avalanche; works on Python ints and int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, _C1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, _C2)
+    return x ^ (x >> 16)
+
+
+def _hash_ints(*values: int) -> int:
+    """Chain 32-bit chunks of non-negative Python ints through ``_mix32`` (exact, host-side)."""
+    h = _GOLDEN
+    for v in values:
+        v = int(v)
+        if v < 0:
+            raise ValueError(f"plan inputs must be non-negative, got {v}")
+        n = 0
+        while True:  # every value contributes all its 32-bit chunks, then their count
+            h = (_mix32(h ^ (v & _M32)) + _GOLDEN) & _M32
+            v >>= 32
+            n += 1
+            if v == 0:
+                break
+        h = _mix32(h ^ n)
+    return h
+
+
+def plan_needed(k: int, seq_length: int) -> bool:
+    """False when every token is kept (``k >= s``): callers then skip gather/scatter entirely."""
+    return int(k) < int(seq_length)
+
+
+def _check_k(k: int, seq_length: int, tp_size: int, stratified: bool) -> None:
+    if not 0 < k <= seq_length:
+        raise ValueError(f"kept length k={k} must be in [1, seq_length={seq_length}]")
+    if stratified and (seq_length % tp_size or k % tp_size):
+        raise ValueError(
+            f"stratified plan needs seq_length ({seq_length}) and k ({k}) divisible by tp_size ({tp_size})"
+        )
+
+
+def _to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Small host list -> device tensor without a blocking host-device synchronisation."""
+    t = torch.tensor(list(values), dtype=torch.int64)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def make_index_plan(
+    seed: int,
+    iteration: int,
+    sample_ids: torch.Tensor,
+    layer_numbers: Sequence[int],
+    k: int,
+    seq_length: int,
+    device: Optional[Union[str, torch.device]] = None,
+    tp_size: int = 1,
+    stratified: bool = False,
+) -> torch.Tensor:
+    """Kept positions, ``LongTensor[len(layer_numbers), b, k]``: sorted, unique, in ``[0, s)``.
+
+    Args:
+        seed, iteration: non-negative ints (the plan changes with both).
+        sample_ids: ``LongTensor[b]`` of GLOBAL, non-negative sample ids (e.g. the sample's index in
+            the whole training stream). Row ``j`` depends only on ``sample_ids[j]``, never on the
+            other samples of the micro-batch.
+        layer_numbers: GLOBAL layer numbers, one plan row each.
+        k, seq_length: kept and full lengths (``0 < k <= s``).
+        device: where to compute (default: ``sample_ids.device``).
+        tp_size, stratified: with ``stratified=True`` the sequence is cut into ``tp_size`` equal
+            contiguous shards and each keeps exactly ``k / tp_size`` of its own positions (sequence
+            parallelism). Indices are still global. ``tp_size`` is ignored when not stratified, and
+            stratified with ``tp_size == 1`` equals the plain plan.
+    No torch RNG is touched, nothing is communicated, and no value is read back to the host.
+    """
+    k, s, tp = int(k), int(seq_length), int(tp_size)
+    _check_k(k, s, tp, stratified)
+    device = torch.device(device) if device is not None else sample_ids.device
+    layers = [int(n) for n in layer_numbers]
+
+    # Per-layer 32-bit salt from (seed, iteration, layer): exact host ints, one small copy.
+    salts = _to_device([_hash_ints(seed, iteration, n) for n in layers], device)  # [L]
+    ids = sample_ids.to(device=device, dtype=torch.int64, non_blocking=True).reshape(-1)  # [b]
+    id_lo, id_hi = ids & _M32, (ids >> 32) & _M32
+
+    # Row base for every (layer, sample): [L, b].
+    base = _mix32(salts[:, None] ^ id_lo[None, :])
+    base = _mix32(base ^ _mix32((id_hi + _GOLDEN) & _M32)[None, :])
+
+    # Keys: a bijection of the position for each row, so all keys in a row differ. [L, b, s]
+    pos_hash = _mix32(torch.arange(s, dtype=torch.int64, device=device))
+    keys = _mix32(pos_hash[None, None, :] ^ base[:, :, None])
+
+    if stratified and tp > 1:
+        shard = s // tp
+        keys = keys.view(len(layers), ids.numel(), tp, shard)
+        local = torch.topk(keys, k // tp, dim=-1, largest=False, sorted=False).indices
+        local = local.sort(dim=-1).values
+        offsets = torch.arange(0, s, shard, dtype=torch.int64, device=device).view(1, 1, tp, 1)
+        return (local + offsets).reshape(len(layers), ids.numel(), k)
+    idx = torch.topk(keys, k, dim=-1, largest=False, sorted=False).indices
+    return idx.sort(dim=-1).values
+
+
+def local_shard_plan(plan: torch.Tensor, tp_rank: int, tp_size: int, seq_length: int) -> torch.Tensor:
+    """Positions of a stratified plan that fall in shard ``tp_rank``, made local to that shard.
+
+    ``plan`` is ``[..., k]`` from ``make_index_plan(..., tp_size=tp_size, stratified=True)``;
+    returns ``[..., k / tp_size]`` with values in ``[0, s / tp_size)``.
+    """
+    tp, s = int(tp_size), int(seq_length)
+    k = plan.shape[-1]
+    if s % tp or k % tp or not 0 <= tp_rank < tp:
+        raise ValueError(f"bad shard request: rank {tp_rank} of {tp}, seq_length {s}, k {k}")
+    kl, shard = k // tp, s // tp
+    return plan[..., tp_rank * kl:(tp_rank + 1) * kl] - tp_rank * shard
+
+
+@dataclass(eq=False)
+class IndexPlan:
+    """The plan of one micro-batch; travels with the forward (and its recomputation).
+
+    ``indices[row]`` is ``LongTensor[b, k]`` for layer ``layer_numbers[row]``.
+    """
+
+    indices: torch.Tensor
+    k: int
+    seq_length: int
+    layer_numbers: Tuple[int, ...]
+    tp_size: int = 1
+    stratified: bool = False
+    rows: Dict[int, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.layer_numbers = tuple(int(n) for n in self.layer_numbers)
+        self.rows = {n: r for r, n in enumerate(self.layer_numbers)}
+        if len(self.rows) != len(self.layer_numbers):
+            raise ValueError(f"duplicate layer numbers in plan: {self.layer_numbers}")
+        expected = (len(self.layer_numbers), self.k)
+        if self.indices.dim() != 3 or (self.indices.shape[0], self.indices.shape[2]) != expected:
+            raise ValueError(f"indices of shape {tuple(self.indices.shape)} do not match [{expected[0]}, b, {self.k}]")
+
+    def __contains__(self, layer_number: int) -> bool:
+        return int(layer_number) in self.rows
+
+    def for_layer(self, layer_number: int) -> torch.Tensor:
+        """``LongTensor[b, k]`` of global kept positions for a GLOBAL layer number."""
+        try:
+            return self.indices[self.rows[int(layer_number)]]
+        except KeyError:
+            raise KeyError(f"layer {layer_number} is not a token-dropping layer of this plan "
+                           f"(layers {list(self.layer_numbers)})") from None
+
+    def local_for_layer(self, layer_number: int, tp_rank: int) -> torch.Tensor:
+        """``LongTensor[b, k/tp]`` of shard-local positions (stratified plans, sequence parallel)."""
+        if not self.stratified:
+            raise ValueError("local_for_layer needs a stratified plan")
+        return local_shard_plan(self.for_layer(layer_number), tp_rank, self.tp_size, self.seq_length)
+
+
+def build_index_plan(
+    seed: int,
+    iteration: int,
+    sample_ids: torch.Tensor,
+    layer_numbers: Sequence[int],
+    k: int,
+    seq_length: int,
+    device: Optional[Union[str, torch.device]] = None,
+    tp_size: int = 1,
+    stratified: bool = False,
+) -> Optional[IndexPlan]:
+    """:func:`make_index_plan` wrapped in an :class:`IndexPlan`; ``None`` when nothing is dropped
+    (``k >= s`` or no dropping layers), in which case every layer runs on the full sequence."""
+    if not plan_needed(k, seq_length) or len(layer_numbers) == 0:
+        return None
+    indices = make_index_plan(seed, iteration, sample_ids, layer_numbers, k, seq_length,
+                              device=device, tp_size=tp_size, stratified=stratified)
+    return IndexPlan(indices, int(k), int(seq_length), tuple(layer_numbers), int(tp_size), bool(stratified))

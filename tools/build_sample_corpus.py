@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Build the offline sample corpus (docstrings of installed Python code, cleaned into prose).
+
+    python tools/build_sample_corpus.py --output-dir data/sample            # corpus only
+    python tools/build_sample_corpus.py --output-dir data/sample --prepare  # + tokenizer + .bin/.idx
+
+writes train/valid/test.jsonl, test.txt (raw held-out text) and lambada_style.jsonl; with
+--prepare also a SentencePiece model and the indexed datasets (steps already done are skipped).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.data.sample_corpus import (  # noqa: E402
+    CorpusConfig, build_sample_corpus, prepare_sample_data)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--max-bytes", type=int, default=CorpusConfig.max_bytes,
+                   help="Stop collecting text after this many bytes.")
+    p.add_argument("--valid-fraction", type=float, default=CorpusConfig.valid_fraction)
+    p.add_argument("--test-fraction", type=float, default=CorpusConfig.test_fraction)
+    p.add_argument("--prepare", action="store_true",
+                   help="Also train the tokenizer and preprocess (prepare_sample_data).")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    cfg = CorpusConfig(max_bytes=args.max_bytes, valid_fraction=args.valid_fraction,
+                       test_fraction=args.test_fraction)
+    t0 = time.time()
+    if args.prepare:
+        paths = prepare_sample_data(args.output_dir, vocab_size=args.vocab_size,
+                                    model_type=args.model_type, corpus=cfg, workers=args.workers)
+    else:
+        paths = build_sample_corpus(args.output_dir, cfg)
+    print(json.dumps(paths, indent=1))
+    print(f"done in {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
