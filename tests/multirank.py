@@ -114,7 +114,7 @@ def run_multirank(
         ctx.Process(
             target=_worker,
             args=(body, rank, world_size, port, tp, pp, kwargs or {}, result_queue, timeout_s),
-            daemon=True,
+            daemon=False,  # megatron-core checkpoint writers start child processes
         )
         for rank in range(world_size)
     ]

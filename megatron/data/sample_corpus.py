@@ -94,14 +94,14 @@ def clean_paragraphs(doc: str, min_chars: int = 120) -> List[str]:
     """Prose paragraphs of a docstring, each joined into one line."""
     out = []
     for block in re.split(r"\n\s*\n", doc):
+        block = _ROLE.sub(r"\1", block)
         if _BAD_PARAGRAPH.search(block) or _PARAM_LINE.search(block):
             continue
         lines = block.splitlines()
         if any(line.startswith(("    ", "\t")) for line in lines[1:]) and len(lines) > 1 and \
                 all(line.startswith(("    ", "\t")) for line in lines[1:]):
             continue  # a definition list ("name\n    description")
-        text = _ROLE.sub(r"\1", block)
-        text = _LITERAL.sub(lambda m: next(g for g in m.groups() if g is not None), text)
+        text = _LITERAL.sub(lambda m: next(g for g in m.groups() if g is not None), block)
         text = _WS.sub(" ", text).strip()
         if len(text) < min_chars or not text[0].isupper() or text[-1] not in ".!?":
             continue
@@ -163,7 +163,7 @@ def _bucket(text: str) -> float:
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2.0**64
 
 
-def lambada_style_items(docs: Sequence[str], min_words: int = 40) -> List[Dict[str, str]]:
+def lambada_style_items(docs: Sequence[str], min_words: int = 30) -> List[Dict[str, str]]:
     """Passages whose last word is to be predicted: ``{"text", "context", "target"}``.
 
     The target is the final word of a paragraph (final punctuation removed); only alphabetic
