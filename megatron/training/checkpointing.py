@@ -1,0 +1,318 @@
+"""Checkpoints: model, optimizer, LR scheduler, token counters, data position and RNG, written
+atomically.
+
+Layout (one directory per saved iteration, Megatron-LM's legacy per-rank naming)::
+
+    SAVE/latest_checkpointed_iteration.txt      the newest COMPLETE checkpoint (atomic replace)
+    SAVE/iter_0000100/metadata.json             written last: config, layout, counters
+    SAVE/iter_0000100/mp_rank_TT_PPP/model_optim_rng.pt   per tensor/pipeline rank (DP rank 0)
+    SAVE/iter_0000100/mp_rank_TT_PPP/distrib_optim.pt     distributed-optimizer state (gathered)
+    SAVE/iter_0000100/rng/rank_NNNNN.pt         every rank's RNG states
+
+Atomicity: every rank writes under ``iter_0000100.partial/``; after a barrier rank 0 writes the
+metadata, renames the directory into place and only then replaces the tracker file. A save
+killed at any moment leaves either a ``.partial`` directory (ignored, cleaned up by the next
+save) or a complete directory the tracker does not name yet; ``--load`` only ever follows the
+tracker to a directory whose metadata says it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+TRACKER = "latest_checkpointed_iteration.txt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used for this run; the message says why and what to do."""
+
+
+def iter_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def rank_dir_name(tp_rank: int, pp_rank: int) -> str:
+    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+
+
+def _maybe_crash(stage: str, iteration: int) -> None:
+    """Fault injection for the kill-and-resume tests: MEGATRON_LTD_CRASH_AT=<stage>:<iteration>."""
+    spec = os.environ.get("MEGATRON_LTD_CRASH_AT")
+    if spec and spec == f"{stage}:{iteration}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _torch_save(obj: Any, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rng_state() -> Dict[str, Any]:
+    from megatron.core import tensor_parallel
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def tp_partition_dims(model: torch.nn.Module) -> Dict[str, int]:
+    """{state-dict key: dim} for tensor-parallel-sharded parameters (for merging/converting)."""
+    dims = {}
+    for name, param in unwrap(model).named_parameters():
+        if getattr(param, "tensor_model_parallel", False):
+            dims[name] = int(getattr(param, "partition_dim", 0))
+    return dims
+
+
+def layer_offset(model: torch.nn.Module) -> int:
+    core = unwrap(model)
+    block = getattr(core, "decoder", None) or getattr(core, "encoder", None)
+    if block is None or len(block.layers) == 0:
+        return 0
+    return int(block.layers[0].layer_number) - 1
+
+
+# ------------------------------------------------------------------------------------------ save
+
+
+def save_checkpoint(
+    root: str,
+    iteration: int,
+    models: List[torch.nn.Module],
+    optimizer,
+    scheduler,
+    trainer_state: Dict[str, Any],
+    metadata: Dict[str, Any],
+    keep_last: Optional[int] = None,
+) -> str:
+    """Collective: every rank calls it. Returns the final directory."""
+    from megatron.core import parallel_state as ps
+
+    dist = torch.distributed
+    rank = dist.get_rank()
+    final = iter_dir(root, iteration)
+    partial = final + ".partial"
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+        if os.path.isdir(partial):  # left by a save that was killed
+            shutil.rmtree(partial)
+        os.makedirs(partial)
+    dist.barrier()
+
+    tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
+    dp_rank = ps.get_data_parallel_rank()
+    rank_dir = os.path.join(partial, rank_dir_name(tp_rank, pp_rank))
+    use_dist_opt = optimizer is not None and hasattr(optimizer, "save_parameter_state")
+    if use_dist_opt:
+        # Collective over the data-parallel group: gathers the sharded state to DP rank 0.
+        os.makedirs(rank_dir, exist_ok=True)
+        optimizer.save_parameter_state(os.path.join(rank_dir, "distrib_optim.pt"))
+    if dp_rank == 0:
+        state = {
+            "format_version": FORMAT_VERSION,
+            "iteration": iteration,
+            "model": [unwrap(m).state_dict() for m in models] if len(models) > 1 else unwrap(models[0]).state_dict(),
+            "tp_partition_dims": [tp_partition_dims(m) for m in models],
+            "layer_offsets": [layer_offset(m) for m in models],
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "trainer": trainer_state,
+        }
+        _torch_save(state, os.path.join(rank_dir, "model_optim_rng.pt"))
+    _maybe_crash("save-model", iteration)
+    _torch_save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
+    dist.barrier()
+
+    if rank == 0:
+        meta = dict(metadata, iteration=iteration, complete=True, format_version=FORMAT_VERSION,
+                    saved_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+        _atomic_write_text(os.path.join(partial, "metadata.json"), json.dumps(meta, indent=1, sort_keys=True))
+        _maybe_crash("save-before-rename", iteration)
+        if os.path.isdir(final):  # re-saving an iteration (e.g. after a resume): replace it whole
+            shutil.rmtree(final)
+        os.rename(partial, final)
+        _fsync_dir(root)
+        _maybe_crash("save-before-tracker", iteration)
+        _atomic_write_text(os.path.join(root, TRACKER), str(iteration))
+        if keep_last:
+            _prune(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def _prune(root: str, keep_last: int) -> None:
+    done = sorted(complete_iterations(root))
+    for it in done[:-keep_last]:
+        shutil.rmtree(iter_dir(root, it), ignore_errors=True)
+
+
+def complete_iterations(root: str) -> List[int]:
+    out = []
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.startswith("iter_") and not name.endswith(".partial"):
+            meta = os.path.join(root, name, "metadata.json")
+            if os.path.isfile(meta):
+                try:
+                    out.append(int(name[5:]))
+                except ValueError:
+                    pass
+    return out
+
+
+# ------------------------------------------------------------------------------------------ load
+
+
+def latest_iteration(root: str) -> Optional[int]:
+    """The tracker's iteration, or None when the directory holds no checkpoint yet."""
+    path = os.path.join(root, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise CheckpointError(f"{path} is corrupt (expected an iteration number, found {text[:40]!r})") from None
+
+
+def read_metadata(root: str, iteration: int) -> Dict[str, Any]:
+    d = iter_dir(root, iteration)
+    meta_path = os.path.join(d, "metadata.json")
+    if not os.path.isfile(meta_path):
+        raise CheckpointError(
+            f"checkpoint {d} is missing or incomplete (no metadata.json); it may have been deleted. "
+            f"Fix {os.path.join(root, TRACKER)} to name a complete iteration ({sorted(complete_iterations(root))})."
+        )
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if not meta.get("complete"):
+        raise CheckpointError(f"checkpoint {d} is marked incomplete")
+    return meta
+
+
+def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: Dict[str, int], use_dist_opt: bool) -> None:
+    """Refuse a checkpoint whose model flags or parallel layout differ, naming each difference."""
+    saved = meta.get("model_flags", {})
+    diffs = [
+        f"--{k.replace('_', '-')}: checkpoint {saved.get(k)!r}, this run {v!r}"
+        for k, v in model_flags.items()
+        if k in saved and saved[k] != v
+    ]
+    if diffs:
+        raise CheckpointError("checkpoint model flags differ from this run:\n  " + "\n  ".join(diffs))
+    saved_layout = meta.get("layout", {})
+    for key, flag in (("tp", "--tensor-model-parallel-size"), ("pp", "--pipeline-model-parallel-size"), ("vpp", "--num-layers-per-virtual-pipeline-stage")):
+        if saved_layout.get(key) != layout.get(key):
+            raise CheckpointError(
+                f"checkpoint was saved with {flag} {saved_layout.get(key)}, this run uses {layout.get(key)}. "
+                "Resume with the saved layout, or convert it first: "
+                "tools/convert_checkpoint.py merges a checkpoint to TP=1/PP=1 (weights only; add --finetune or --no-load-optim)."
+            )
+    if use_dist_opt and saved_layout.get("dp") != layout.get("dp") and meta.get("distributed_optimizer"):
+        raise CheckpointError(
+            f"distributed-optimizer state was saved with data-parallel size {saved_layout.get('dp')}, this run has "
+            f"{layout.get('dp')}: resume with the same number of processes, or add --no-load-optim"
+        )
+
+
+def load_checkpoint(
+    root: str,
+    models: List[torch.nn.Module],
+    optimizer,
+    scheduler,
+    model_flags: Dict[str, Any],
+    layout: Dict[str, int],
+    load_optim: bool = True,
+    load_rng: bool = True,
+) -> Optional[Dict[str, Any]]:
+    """Load the latest complete checkpoint under ``root``; returns its trainer state (None when the
+    directory holds no checkpoint yet, as on the first launch of a resumable job)."""
+    from megatron.core import parallel_state as ps
+
+    iteration = latest_iteration(root)
+    if iteration is None:
+        return None
+    meta = read_metadata(root, iteration)
+    use_dist_opt = optimizer is not None and hasattr(optimizer, "load_parameter_state")
+    check_compatible(meta, model_flags, layout, use_dist_opt and load_optim)
+    d = iter_dir(root, iteration)
+    rank_dir = os.path.join(d, rank_dir_name(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()))
+    path = os.path.join(rank_dir, "model_optim_rng.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing: the checkpoint is damaged")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model_states = state["model"] if len(models) > 1 else [state["model"]]
+    for m, sd in zip(models, model_states):
+        unwrap(m).load_state_dict(sd, strict=True)
+    if load_optim and optimizer is not None:
+        if state.get("optimizer") is None:
+            raise CheckpointError(f"{path} holds no optimizer state: add --no-load-optim")
+        optimizer.load_state_dict(state["optimizer"])
+        if use_dist_opt:
+            optimizer.load_parameter_state(os.path.join(rank_dir, "distrib_optim.pt"))
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+    if load_rng:
+        rng_path = os.path.join(d, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
+        if os.path.isfile(rng_path):
+            set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
+    out = dict(state.get("trainer") or {})
+    out["iteration"] = iteration
+    out["path"] = d
+    return out

@@ -1,0 +1,71 @@
+"""Generate argparse flags from typed dataclasses, and build the dataclasses back from the args.
+
+Each field may carry ``metadata={"flag": "--num-layers", "help": "..."}`` (default flag: the field
+name with dashes). Booleans become ``store_true`` flags, or ``store_false`` when
+``metadata["negate"]`` names the flag that turns them off (``--no-load-optim`` style).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Dict, Type, TypeVar
+
+T = TypeVar("T")
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def _base_type(tp) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    return tp
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type, title: str) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.metadata.get("cli", True):
+            continue
+        tp = _base_type(hints[field.name])
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        kw: Dict[str, Any] = {"dest": field.name, "help": help_text}
+        if tp is bool:
+            if "negate" in field.metadata:
+                group.add_argument(field.metadata["negate"], action="store_false", default=default, **kw)
+            else:
+                group.add_argument(_flag(field), action="store_true", default=default, **kw)
+            continue
+        if typing.get_origin(tp) in (list, typing.List):
+            (elem,) = typing.get_args(tp)
+            kw.update(nargs="+", type=elem)
+        else:
+            kw["type"] = tp
+        if "choices" in field.metadata:
+            kw["choices"] = field.metadata["choices"]
+        if default is not None and help_text:
+            kw["help"] = f"{help_text} (default: {default})"
+        group.add_argument(_flag(field), default=default, **kw)
+        for alias in field.metadata.get("aliases", ()):
+            group.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, type=kw.get("type"), help=argparse.SUPPRESS)
+    return group
+
+
+def dataclass_from_args(cls: Type[T], args: argparse.Namespace) -> T:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and hasattr(args, f.name)}
+    return cls(**values)
+
+
+def flag_of(cls: Type, name: str) -> str:
+    """The command-line flag of a field, for error messages."""
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            return field.metadata.get("negate", _flag(field))
+    raise KeyError(name)

@@ -1,0 +1,224 @@
+"""Per-area typed configuration for pretraining, with Megatron-LM's flag names.
+
+Each dataclass validates its own fields in ``__post_init__`` (naming the flag at fault);
+checks that span areas live in :func:`megatron.training.arguments.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+LR_UNITS = ("iterations", "samples", "tokens", "layer-tokens", "layer-averaged-tokens")
+
+
+def _m(help_text: str, **kw):
+    return dict(help=help_text, **kw)
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = field(default=12, metadata=_m("Transformer layers."))
+    hidden_size: int = field(default=768, metadata=_m("Hidden size."))
+    ffn_hidden_size: Optional[int] = field(default=None, metadata=_m("MLP hidden size (default 4 x hidden)."))
+    num_attention_heads: int = field(default=12, metadata=_m("Attention heads."))
+    num_query_groups: Optional[int] = field(default=None, metadata=_m("Query groups for grouped-query attention."))
+    kv_channels: Optional[int] = field(default=None, metadata=_m("Head dimension (default hidden / heads)."))
+    seq_length: int = field(default=1024, metadata=_m("Sequence length."))
+    max_position_embeddings: Optional[int] = field(default=None, metadata=_m("Learned positions (default: seq length)."))
+    position_embedding_type: str = field(default="learned_absolute", metadata=_m("Position embeddings.", choices=["learned_absolute", "rope"]))
+    rotary_percent: float = field(default=1.0, metadata=_m("Fraction of the head dimension rotated (RoPE)."))
+    rotary_base: int = field(default=10000, metadata=_m("RoPE base."))
+    normalization: str = field(default="LayerNorm", metadata=_m("Norm type.", choices=["LayerNorm", "RMSNorm"]))
+    layernorm_epsilon: float = field(default=1e-5, metadata=_m("Norm epsilon."))
+    swiglu: bool = field(default=False, metadata=_m("SwiGLU MLP."))
+    disable_bias_linear: bool = field(default=False, metadata=_m("No biases in linear layers."))
+    init_method_std: float = field(default=0.02, metadata=_m("Std of the normal weight init."))
+    hidden_dropout: float = field(default=0.1, metadata=_m("Dropout after attention/MLP."))
+    attention_dropout: float = field(default=0.1, metadata=_m("Attention-probability dropout."))
+    untie_embeddings_and_output_weights: bool = field(default=False, metadata=_m("Separate output layer weights."))
+    make_vocab_size_divisible_by: int = field(default=128, metadata=_m("Pad the vocabulary to a multiple of this (x TP)."))
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads and self.kv_channels is None:
+            raise ValueError(
+                f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
+                f"{self.num_attention_heads}; change one or set --kv-channels"
+            )
+        if self.max_position_embeddings is None:
+            self.max_position_embeddings = self.seq_length
+        if self.position_embedding_type == "learned_absolute" and self.seq_length > self.max_position_embeddings:
+            raise ValueError(
+                f"--seq-length {self.seq_length} exceeds --max-position-embeddings {self.max_position_embeddings}"
+            )
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1)")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = field(default=1, metadata=_m("Tensor-parallel size."))
+    pipeline_model_parallel_size: int = field(default=1, metadata=_m("Pipeline-parallel size."))
+    num_layers_per_virtual_pipeline_stage: Optional[int] = field(default=None, metadata=_m("Layers per virtual stage (interleaved 1F1B)."))
+    sequence_parallel: bool = field(default=False, metadata=_m("Shard activations along the sequence between TP regions."))
+    use_distributed_optimizer: bool = field(default=False, metadata=_m("Shard optimizer state across data-parallel ranks."))
+    overlap_grad_reduce: bool = field(default=False, metadata=_m("Overlap the DP gradient reduce with backward."))
+    cpu: bool = field(default=False, metadata=_m("Run on CPU (gloo) even when a GPU is visible."))
+
+    def __post_init__(self) -> None:
+        if self.tensor_model_parallel_size < 1 or self.pipeline_model_parallel_size < 1:
+            raise ValueError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+
+
+@dataclass
+class PrecisionConfig:
+    bf16: bool = field(default=False, metadata=_m("bfloat16 mixed precision."))
+    fp16: bool = field(default=False, metadata=_m("float16 mixed precision with loss scaling."))
+    loss_scale: Optional[float] = field(default=None, metadata=_m("Static loss scale (fp16); default: dynamic."))
+    initial_loss_scale: float = field(default=2.0**32, metadata=_m("Initial dynamic loss scale."))
+    min_loss_scale: float = field(default=1.0, metadata=_m("Minimum dynamic loss scale."))
+    loss_scale_window: int = field(default=1000, metadata=_m("Steps without overflow before the scale grows."))
+    hysteresis: int = field(default=2, metadata=_m("Overflows tolerated before the scale shrinks."))
+
+    def __post_init__(self) -> None:
+        if self.bf16 and self.fp16:
+            raise ValueError("--bf16 and --fp16 are mutually exclusive: pick one")
+        if self.loss_scale is not None and not self.fp16:
+            raise ValueError("--loss-scale only applies with --fp16")
+
+
+@dataclass
+class TrainingConfig:
+    micro_batch_size: int = field(default=1, metadata=_m("Samples per micro-batch per data-parallel rank."))
+    global_batch_size: Optional[int] = field(default=None, metadata=_m("Samples per step (default micro x DP)."))
+    train_iters: Optional[int] = field(default=None, metadata=_m("Stop after this many iterations."))
+    train_samples: Optional[int] = field(default=None, metadata=_m("Stop after this many samples."))
+    train_tokens: Optional[int] = field(default=None, metadata=_m("Stop after this many raw tokens."))
+    train_layer_tokens: Optional[int] = field(default=None, metadata=_m("Stop after this many layer-tokens (random-LTD budget)."))
+    exit_interval: Optional[int] = field(default=None, metadata=_m("Save and exit when the iteration is a multiple of this."))
+    seed: int = field(default=1234, metadata=_m("Random seed."))
+    optimizer: str = field(default="adam", metadata=_m("Optimizer.", choices=["adam", "sgd"]))
+    weight_decay: float = field(default=0.01, metadata=_m("Weight decay."))
+    adam_beta1: float = field(default=0.9, metadata=_m("Adam beta1."))
+    adam_beta2: float = field(default=0.999, metadata=_m("Adam beta2."))
+    adam_eps: float = field(default=1e-8, metadata=_m("Adam epsilon."))
+    sgd_momentum: float = field(default=0.9, metadata=_m("SGD momentum."))
+    clip_grad: float = field(default=1.0, metadata=_m("Gradient clipping by global norm (0 = off)."))
+    recompute_granularity: Optional[str] = field(default=None, metadata=_m("Activation recompute.", choices=["full", "selective"]))
+    recompute_method: Optional[str] = field(default=None, metadata=_m("Full recompute method.", choices=["uniform", "block"]))
+    recompute_num_layers: Optional[int] = field(default=None, metadata=_m("Layers per recompute chunk / recomputed layers."))
+    eval_interval: int = field(default=1000, metadata=_m("Evaluate on the validation split every this many iterations."))
+    eval_iters: int = field(default=100, metadata=_m("Validation iterations (global batches) per evaluation (0 = none)."))
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1:
+            raise ValueError("--micro-batch-size must be >= 1")
+        if all(v is None for v in (self.train_iters, self.train_samples, self.train_tokens, self.train_layer_tokens)):
+            raise ValueError("give a training length: --train-iters, --train-samples, --train-tokens or --train-layer-tokens")
+        if self.train_iters is not None and self.train_samples is not None:
+            raise ValueError("--train-iters and --train-samples are mutually exclusive")
+        if self.recompute_method is not None and self.recompute_granularity != "full":
+            raise ValueError("--recompute-method needs --recompute-granularity full")
+        if self.recompute_granularity == "full" and (self.recompute_method is None or not self.recompute_num_layers):
+            raise ValueError("--recompute-granularity full needs --recompute-method {uniform,block} and --recompute-num-layers N")
+        if self.eval_interval < 1:
+            raise ValueError("--eval-interval must be >= 1")
+
+
+@dataclass
+class LRConfig:
+    lr: float = field(default=1e-4, metadata=_m("Peak learning rate."))
+    min_lr: float = field(default=0.0, metadata=_m("Learning-rate floor after decay."))
+    lr_warmup_init: float = field(default=0.0, metadata=_m("Learning rate at the start of warmup."))
+    lr_decay_style: str = field(default="cosine", metadata=_m("Decay shape.", choices=["constant", "linear", "cosine", "inverse-square-root"]))
+    lr_schedule_unit: str = field(
+        default="iterations",
+        metadata=_m(
+            "What advances warmup and decay: iterations, samples, raw tokens, layer-tokens "
+            "(gbs*(s*(L-Lr)+k*Lr)), or layer-averaged tokens (layer-tokens / L; Megatron-DeepSpeed's counter).",
+            choices=list(LR_UNITS),
+        ),
+    )
+    lr_warmup_iters: int = field(default=0, metadata=_m("Warmup length in iterations (unit: iterations)."))
+    lr_warmup_samples: int = field(default=0, metadata=_m("Warmup length in samples (unit: samples)."))
+    lr_warmup_tokens: Optional[int] = field(default=None, metadata=_m("Warmup length in the token unit chosen by --lr-schedule-unit."))
+    lr_warmup_fraction: Optional[float] = field(default=None, metadata=_m("Warmup as a fraction of the decay length (any unit)."))
+    lr_decay_iters: Optional[int] = field(default=None, metadata=_m("Decay length in iterations (default: the training length)."))
+    lr_decay_samples: Optional[int] = field(default=None, metadata=_m("Decay length in samples."))
+    lr_decay_tokens: Optional[int] = field(default=None, metadata=_m("Decay length in the token unit chosen by --lr-schedule-unit."))
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"need 0 <= --min-lr ({self.min_lr}) <= --lr ({self.lr}) and --lr > 0")
+        if self.lr_warmup_fraction is not None and not 0.0 <= self.lr_warmup_fraction < 1.0:
+            raise ValueError("--lr-warmup-fraction must be in [0, 1)")
+        token_unit = self.lr_schedule_unit in ("tokens", "layer-tokens", "layer-averaged-tokens")
+        if not token_unit and (self.lr_warmup_tokens is not None or self.lr_decay_tokens is not None):
+            raise ValueError(
+                f"--lr-warmup-tokens/--lr-decay-tokens need --lr-schedule-unit tokens, layer-tokens or "
+                f"layer-averaged-tokens (got {self.lr_schedule_unit})"
+            )
+        if self.lr_schedule_unit != "iterations" and (self.lr_warmup_iters or self.lr_decay_iters):
+            raise ValueError(f"--lr-warmup-iters/--lr-decay-iters need --lr-schedule-unit iterations (got {self.lr_schedule_unit})")
+        if self.lr_schedule_unit != "samples" and (self.lr_warmup_samples or self.lr_decay_samples):
+            raise ValueError(f"--lr-warmup-samples/--lr-decay-samples need --lr-schedule-unit samples (got {self.lr_schedule_unit})")
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = field(default=None, metadata=_m("Directory to save checkpoints to."))
+    load: Optional[str] = field(default=None, metadata=_m("Directory to resume from (its latest complete checkpoint)."))
+    save_interval: Optional[int] = field(default=None, metadata=_m("Save every this many iterations."))
+    load_optim: bool = field(default=True, metadata=_m("Do not load optimizer state.", negate="--no-load-optim"))
+    load_rng: bool = field(default=True, metadata=_m("Do not load RNG state.", negate="--no-load-rng"))
+    finetune: bool = field(default=False, metadata=_m("Load weights only and start counters at zero."))
+    keep_last_checkpoints: Optional[int] = field(default=None, metadata=_m("Delete older complete checkpoints, keeping this many."))
+
+    def __post_init__(self) -> None:
+        if self.save_interval is not None and self.save is None:
+            raise ValueError("--save-interval needs --save DIR")
+        if self.save_interval is not None and self.save_interval < 1:
+            raise ValueError("--save-interval must be >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = field(default=100, metadata=_m("Print/log metrics every this many iterations."))
+    tensorboard_dir: Optional[str] = field(default=None, metadata=_m("Write TensorBoard events here."))
+    metrics_file: Optional[str] = field(default=None, metadata=_m("Append one JSON line of metrics per log/eval event."))
+    no_progress: bool = field(default=False, metadata=_m("Disable the progress bar."))
+
+    def __post_init__(self) -> None:
+        if self.log_interval < 1:
+            raise ValueError("--log-interval must be >= 1")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs; built once from the command line."""
+
+    model: ModelConfig
+    parallel: ParallelConfig
+    precision: PrecisionConfig
+    training: TrainingConfig
+    lr: LRConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    data: object  # megatron.data.config.DataConfig
+    tokenizer: object  # megatron.data.tokenizers.TokenizerConfig
+    random_ltd: object  # megatron.ltd.config.RandomLTDConfig
+    model_type: str = "gpt"
+    extra: dict = field(default_factory=dict)
+
+    # Fields whose change makes a checkpoint's weights meaningless for this run.
+    MODEL_FLAGS_THAT_MUST_MATCH: tuple = (
+        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+        "kv_channels", "max_position_embeddings", "position_embedding_type", "normalization", "swiglu",
+        "disable_bias_linear", "untie_embeddings_and_output_weights",
+    )
