@@ -22,6 +22,7 @@ nothing here is touched. Everything is reversible with :func:`disable` (used by 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from typing import Any, Dict, Optional
 
@@ -172,6 +173,18 @@ def _megatron_rng_overrides() -> Dict[tuple, Any]:
     return {(mp_random, "_get_cuda_rng_state"): _get, (mp_random, "_set_cuda_rng_state"): _set}
 
 
+class _ExpectedOnCpu(logging.Filter):
+    """megatron's RNG tracker warns when the CPU generator moves inside a fork; in CPU mode the
+    CPU generator *is* the device generator, so that is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
+
+_FILTER = _ExpectedOnCpu()
+_RNG_LOGGER = "megatron.core.tensor_parallel.random"
+
+
 def is_enabled() -> bool:
     return _STATE["mode"] is not None
 
@@ -188,6 +201,7 @@ def enable() -> None:
         for (module, name), value in _megatron_rng_overrides().items():
             saved[(module, name)] = getattr(module, name)
             setattr(module, name, value)
+        logging.getLogger(_RNG_LOGGER).addFilter(_FILTER)
         mode = _CudaToCpuMode()
         mode.__enter__()
         _STATE["mode"] = mode
@@ -201,6 +215,7 @@ def disable() -> None:
         if mode is None:
             return
         mode.__exit__(None, None, None)
+        logging.getLogger(_RNG_LOGGER).removeFilter(_FILTER)
         for (module, name), value in _STATE["saved"].items():
             if value is None:
                 delattr(module, name)

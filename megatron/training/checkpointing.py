@@ -141,6 +141,7 @@ def save_checkpoint(
     trainer_state: Dict[str, Any],
     metadata: Dict[str, Any],
     keep_last: Optional[int] = None,
+    distributed_optimizer: bool = False,
 ) -> str:
     """Collective: every rank calls it. Returns the final directory."""
     from megatron.core import parallel_state as ps
@@ -159,8 +160,7 @@ def save_checkpoint(
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     dp_rank = ps.get_data_parallel_rank()
     rank_dir = os.path.join(partial, rank_dir_name(tp_rank, pp_rank))
-    use_dist_opt = optimizer is not None and hasattr(optimizer, "save_parameter_state")
-    if use_dist_opt:
+    if distributed_optimizer and optimizer is not None:
         # Collective over the data-parallel group: gathers the sharded state to DP rank 0.
         os.makedirs(rank_dir, exist_ok=True)
         optimizer.save_parameter_state(os.path.join(rank_dir, "distrib_optim.pt"))
@@ -280,6 +280,7 @@ def load_checkpoint(
     layout: Dict[str, int],
     load_optim: bool = True,
     load_rng: bool = True,
+    distributed_optimizer: bool = False,
 ) -> Optional[Dict[str, Any]]:
     """Load the latest complete checkpoint under ``root``; returns its trainer state (None when the
     directory holds no checkpoint yet, as on the first launch of a resumable job)."""
@@ -289,7 +290,7 @@ def load_checkpoint(
     if iteration is None:
         return None
     meta = read_metadata(root, iteration)
-    use_dist_opt = optimizer is not None and hasattr(optimizer, "load_parameter_state")
+    use_dist_opt = distributed_optimizer and optimizer is not None
     check_compatible(meta, model_flags, layout, use_dist_opt and load_optim)
     d = iter_dir(root, iteration)
     rank_dir = os.path.join(d, rank_dir_name(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()))

@@ -51,7 +51,7 @@ def transformer_config(
         attention_dropout=model.attention_dropout,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=_vpp(model, parallel),
+        virtual_pipeline_model_parallel_size=virtual_pipeline_size(model, parallel),
         sequence_parallel=parallel.sequence_parallel,
         params_dtype=dtype,
         pipeline_dtype=dtype,
@@ -76,7 +76,7 @@ def transformer_config(
     return TransformerConfig(**kw)
 
 
-def _vpp(model: ModelConfig, parallel: ParallelConfig) -> Optional[int]:
+def virtual_pipeline_size(model: ModelConfig, parallel: ParallelConfig) -> Optional[int]:
     if parallel.num_layers_per_virtual_pipeline_stage is None:
         return None
     per_stage = model.num_layers // parallel.pipeline_model_parallel_size

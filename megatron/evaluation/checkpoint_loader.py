@@ -1,0 +1,376 @@
+"""Load any saved GPT checkpoint for inference at TP=1/PP=1 on one device.
+
+A run saved with tensor parallelism ``tp`` and pipeline parallelism ``pp`` holds one
+``mp_rank_TT_PPP/model_optim_rng.pt`` per (tp, pp) rank (format: :mod:`megatron.training.checkpointing`).
+Merging them into one state dict takes two rules:
+
+* **Tensor parallelism.** A parameter listed in the rank file's ``tp_partition_dims`` is a shard:
+  the full tensor is the concatenation of the shards of tp ranks 0..tp-1 along that dim.
+  megatron-core lays out the fused QKV (grouped per query group) and fc1 (and SwiGLU's
+  gate/up pair is per-rank grouped too) so plain concatenation is right. Everything else
+  (norms, row-parallel biases, position embeddings) is replicated: rank 0's copy is used.
+* **Pipeline parallelism.** Stage ``p`` numbers its layers from 0; its ``layer_offsets`` entry is
+  the global index of its first layer, so ``decoder.layers.{i}.`` becomes
+  ``decoder.layers.{i + offset}.``. Embeddings live on the first stage, the final norm and the
+  output layer on the last. With tied embeddings the last stage's ``output_layer.weight`` is a
+  copy of the word embeddings that a single-stage model does not have: it is dropped.
+
+Virtual pipeline stages (a list of model chunks per rank, one offset each) merge the same way.
+The merged state is loaded **strictly** into a model built from the checkpoint's own model flags
+with random-LTD off (random-LTD layers have the stock layers' keys, so nothing else changes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+
+from megatron.training.checkpointing import (
+    TRACKER,
+    CheckpointError,
+    complete_iterations,
+    iter_dir,
+    latest_iteration,
+    rank_dir_name,
+    read_metadata,
+)
+
+__all__ = [
+    "CheckpointError",
+    "LoadedModel",
+    "EVAL_ONLY_FLAGS",
+    "ensure_inference_runtime",
+    "resolve_iteration",
+    "check_model_flags",
+    "merge_rank_states",
+    "read_merged_state_dict",
+    "load_for_inference",
+    "write_merged_checkpoint",
+]
+
+# Model flags that do not change what the weights mean: an evaluation may set them freely.
+# --seq-length is the evaluation window (bounded by --max-position-embeddings for learned
+# positions); dropout is always off at evaluation; the init std only matters before training.
+EVAL_ONLY_FLAGS = ("seq_length", "hidden_dropout", "attention_dropout", "init_method_std")
+
+_LAYER_RE = re.compile(r"^(decoder\.layers\.)(\d+)(\..*)$")
+_RANK_FILE = "model_optim_rng.pt"
+
+
+# --------------------------------------------------------------------------------------- runtime
+
+
+def ensure_inference_runtime(force_cpu: bool = False):
+    """Make sure torch.distributed and megatron-core's model-parallel groups exist at TP=1/PP=1
+    in this process (a single process needs no launcher). Returns the :class:`DeviceInfo`."""
+    from megatron.core import parallel_state as ps
+
+    from megatron.runtime.device import init_distributed, select_device, set_seed
+
+    if ps.model_parallel_is_initialized():
+        tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
+        if tp != 1 or pp != 1:
+            raise RuntimeError(
+                f"evaluation runs the merged model at TP=1/PP=1, but this process already has "
+                f"TP={tp}, PP={pp} groups; evaluate in a fresh process"
+            )
+        return select_device(force_cpu)
+    info = init_distributed(1, 1, force_cpu=force_cpu)
+    set_seed(1234)
+    return info
+
+
+# ----------------------------------------------------------------------------------- checkpoint
+
+
+def resolve_iteration(load_dir: str, iteration: Optional[int] = None) -> int:
+    """The iteration to read: ``iteration`` if given, else the tracker's; clear errors otherwise."""
+    if not load_dir or not os.path.isdir(load_dir):
+        raise CheckpointError(f"--load {load_dir!r} is not a directory")
+    if iteration is None:
+        iteration = latest_iteration(load_dir)
+        if iteration is None:
+            found = sorted(complete_iterations(load_dir))
+            hint = f" (complete iterations found: {found}; pick one with --iteration)" if found else ""
+            raise CheckpointError(f"--load {load_dir!r} holds no checkpoint: {TRACKER} is missing{hint}")
+    return int(iteration)
+
+
+def check_model_flags(saved_flags: Mapping[str, Any], given_flags: Optional[Mapping[str, Any]]) -> None:
+    """Refuse when a flag the user passed differs from the checkpoint's, naming every difference.
+    Flags in :data:`EVAL_ONLY_FLAGS` are not compared; unknown names are an error too."""
+    if not given_flags:
+        return
+    diffs, unknown = [], []
+    for name, value in given_flags.items():
+        if name in EVAL_ONLY_FLAGS:
+            continue
+        if name not in saved_flags:
+            unknown.append(name)
+        elif saved_flags[name] != value:
+            diffs.append(f"--{name.replace('_', '-')}: checkpoint has {saved_flags[name]!r}, you passed {value!r}")
+    if unknown:
+        raise CheckpointError("the checkpoint records no model flag named " + ", ".join(unknown))
+    if diffs:
+        raise CheckpointError(
+            "checkpoint model flags differ from the flags you passed:\n  " + "\n  ".join(diffs)
+            + "\nDrop those flags (the checkpoint's own values are used) or load the right checkpoint."
+        )
+
+
+def _load_rank_file(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing: the checkpoint is damaged or was not fully copied")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or garbled file raises many kinds of errors
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}): the checkpoint is damaged") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} holds no 'model' entry: not a Megatron-LTD checkpoint, or damaged")
+    return state
+
+
+def _chunks(state: Dict[str, Any]) -> List[Tuple[Dict[str, Any], Dict[str, int], int]]:
+    """(state dict, tp partition dims, layer offset) per model chunk of one rank file."""
+    models = state["model"]
+    models = models if isinstance(models, list) else [models]
+    dims = state.get("tp_partition_dims") or [{} for _ in models]
+    offsets = state.get("layer_offsets") or [0 for _ in models]
+    if not (len(models) == len(dims) == len(offsets)):
+        raise CheckpointError("rank file has inconsistent model / tp_partition_dims / layer_offsets lengths")
+    return list(zip(models, dims, offsets))
+
+
+def _shift_layer(name: str, offset: int) -> str:
+    m = _LAYER_RE.match(name)
+    if not m or offset == 0:
+        return name
+    return f"{m.group(1)}{int(m.group(2)) + offset}{m.group(3)}"
+
+
+def merge_rank_states(rank_states: Mapping[Tuple[int, int], Dict[str, Any]], tp: int, pp: int,
+                      tied_embeddings: bool = True, dims_out: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """Merge per-(tp_rank, pp_rank) rank-file dicts into one TP=1/PP=1 GPT state dict.
+    ``dims_out`` (optional) receives {merged key: partition dim} of the TP-sharded parameters."""
+    merged: Dict[str, Any] = {}
+    for pp_rank in range(pp):
+        per_tp = [_chunks(rank_states[(t, pp_rank)]) for t in range(tp)]
+        for chunk_idx, (sd0, dims, offset) in enumerate(per_tp[0]):
+            for name, value in sd0.items():
+                if name in dims and tp > 1:
+                    parts = [per_tp[t][chunk_idx][0][name] for t in range(tp)]
+                    value = torch.cat(parts, dim=dims[name])
+                key = _shift_layer(name, offset)
+                if dims_out is not None and name in dims:
+                    dims_out[key] = int(dims[name])
+                if key in merged and key != "output_layer._extra_state":
+                    raise CheckpointError(f"parameter {key} appears on two pipeline stages: layer offsets are wrong")
+                merged[key] = value
+    if tied_embeddings:
+        merged.pop("output_layer.weight", None)
+        if dims_out is not None:
+            dims_out.pop("output_layer.weight", None)
+    return merged
+
+
+def read_merged_state_dict(load_dir: str, iteration: Optional[int] = None,
+                           dims_out: Optional[Dict[str, int]] = None) -> Tuple[Dict[str, Any], Dict[str, Any], int]:
+    """(merged TP=1/PP=1 state dict, metadata, iteration) of a saved run."""
+    iteration = resolve_iteration(load_dir, iteration)
+    meta = read_metadata(load_dir, iteration)
+    for key in ("model_flags", "layout"):
+        if key not in meta:
+            raise CheckpointError(f"{iter_dir(load_dir, iteration)}/metadata.json has no {key!r}: damaged checkpoint")
+    if meta.get("model_type", "gpt") != "gpt":
+        raise CheckpointError(f"only GPT checkpoints can be evaluated zero-shot (this one is {meta.get('model_type')!r})")
+    layout = meta["layout"]
+    tp, pp = int(layout.get("tp", 1)), int(layout.get("pp", 1))
+    d = iter_dir(load_dir, iteration)
+    states = {(t, p): _load_rank_file(os.path.join(d, rank_dir_name(t, p), _RANK_FILE))
+              for t in range(tp) for p in range(pp)}
+    tied = not meta["model_flags"].get("untie_embeddings_and_output_weights", False)
+    return merge_rank_states(states, tp, pp, tied_embeddings=tied, dims_out=dims_out), meta, iteration
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A GPT model ready for inference, with what is needed to feed it."""
+
+    model: torch.nn.Module
+    model_config: Any  # megatron.training.config.ModelConfig (the checkpoint's, eval-only flags applied)
+    metadata: Dict[str, Any]
+    iteration: int
+    device: torch.device
+    padded_vocab_size: int
+    tokenizer: Any = None  # megatron.data.tokenizers.Tokenizer, when one could be built
+    load_dir: str = ""
+
+    @property
+    def seq_length(self) -> int:
+        return int(self.model_config.seq_length)
+
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[b, s] token ids (right-padded is fine: the model is causal) -> [b, s, vocab] float32."""
+        tokens = tokens.to(self.device)
+        b, s = tokens.shape
+        position_ids = torch.arange(s, device=self.device).unsqueeze(0).expand(b, s)
+        out = self.model(tokens, position_ids, None)
+        return out.float()
+
+
+def _tokenizer_from_metadata(meta: Dict[str, Any], override=None):
+    from megatron.data.tokenizers import TokenizerConfig, build_tokenizer
+
+    if override is not None:
+        cfg = override
+    else:
+        saved = meta.get("tokenizer")
+        if not saved:
+            return None
+        cfg = TokenizerConfig(**saved)
+    return build_tokenizer(cfg)
+
+
+def load_for_inference(
+    load_dir: str,
+    iteration: Optional[int] = None,
+    model_flags: Optional[Mapping[str, Any]] = None,
+    tokenizer_config=None,
+    seq_length: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    force_cpu: bool = False,
+    build_tokenizer: bool = True,
+) -> LoadedModel:
+    """Load the checkpoint under ``load_dir`` (its tracker's iteration unless ``iteration``) as one
+    TP=1/PP=1 GPT model in eval mode, random-LTD off, on the GPU if one is used, else the CPU.
+
+    ``model_flags``: flags the user passed ({field name: value}); any that differs from the
+    checkpoint's is refused with the names. ``seq_length``: the evaluation window (default: the
+    checkpoint's). ``tokenizer_config``: replaces the saved tokenizer (e.g. a moved model file).
+    """
+    from megatron.models.builders import build_gpt_model
+    from megatron.training.config import ModelConfig, ParallelConfig, PrecisionConfig
+    from megatron.training.model_setup import transformer_config
+
+    state_dict, meta, iteration = read_merged_state_dict(load_dir, iteration)
+    saved_flags = dict(meta["model_flags"])
+    check_model_flags(saved_flags, model_flags)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    flags = {k: v for k, v in saved_flags.items() if k in known}
+    flags.update(hidden_dropout=0.0, attention_dropout=0.0)
+    if seq_length is not None:
+        flags["seq_length"] = int(seq_length)
+    try:
+        model_cfg = ModelConfig(**flags)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build the model from the checkpoint's flags: {e}") from e
+
+    info = ensure_inference_runtime(force_cpu)
+    precision = PrecisionConfig(bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
+    tcfg = transformer_config(model_cfg, ParallelConfig(), precision, use_gpu=info.use_gpu)
+    tcfg.perform_initialization = False  # every weight comes from the checkpoint
+    vocab = meta.get("padded_vocab_size")
+    if vocab is None:
+        word = state_dict.get("embedding.word_embeddings.weight")
+        if word is None:
+            raise CheckpointError("checkpoint has neither padded_vocab_size nor word embeddings: damaged")
+        vocab = int(word.shape[0])
+    model = build_gpt_model(
+        tcfg,
+        vocab_size=int(vocab),
+        max_sequence_length=int(model_cfg.max_position_embeddings),
+        position_embedding_type=model_cfg.position_embedding_type,
+        share_embeddings_and_output_weights=not model_cfg.untie_embeddings_and_output_weights,
+        rotary_percent=model_cfg.rotary_percent,
+        rotary_base=model_cfg.rotary_base,
+        ltd_layers=None,
+        pre_process=True,
+        post_process=True,
+    )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {iter_dir(load_dir, iteration)} does not fit the model its flags describe "
+            f"(damaged, or saved by a different model definition):\n{e}"
+        ) from e
+    model = model.to(device=info.device, dtype=dtype).eval()
+    tokenizer = _tokenizer_from_metadata(meta, tokenizer_config) if build_tokenizer else None
+    return LoadedModel(model=model, model_config=model_cfg, metadata=meta, iteration=iteration,
+                       device=info.device, padded_vocab_size=int(vocab), tokenizer=tokenizer,
+                       load_dir=load_dir)
+
+
+# ------------------------------------------------------------------------------------ conversion
+
+
+def write_merged_checkpoint(load_dir: str, save_dir: str, iteration: Optional[int] = None) -> str:
+    """Write ``load_dir``'s checkpoint merged to TP=1/PP=1 under ``save_dir`` in the same format
+    (weights only: optimizer state cannot be merged meaningfully). Atomic: the iteration is
+    written under a ``.partial`` directory, renamed into place, and the tracker replaced last.
+    Returns the new iteration directory."""
+    dims: Dict[str, int] = {}
+    state_dict, meta, iteration = read_merged_state_dict(load_dir, iteration, dims_out=dims)
+    final = iter_dir(save_dir, iteration)
+    partial = final + ".partial"
+    os.makedirs(save_dir, exist_ok=True)
+    if os.path.isdir(partial):
+        shutil.rmtree(partial)
+    rank_dir = os.path.join(partial, rank_dir_name(0, 0))
+    os.makedirs(rank_dir)
+    src_rank = _load_rank_file(os.path.join(iter_dir(load_dir, iteration), rank_dir_name(0, 0), _RANK_FILE))
+    state = {
+        "format_version": src_rank.get("format_version", 1),
+        "iteration": iteration,
+        "model": state_dict,
+        # Partition dims are a property of the parameter, not of the layout: kept so the merged
+        # checkpoint can be split again later.
+        "tp_partition_dims": [dims],
+        "layer_offsets": [0],
+        "optimizer": None,
+        "scheduler": None,
+        "trainer": src_rank.get("trainer"),
+    }
+    _save(state, os.path.join(rank_dir, _RANK_FILE))
+    new_meta = dict(meta)
+    new_meta["layout"] = dict(meta.get("layout", {}), tp=1, pp=1, dp=1, vpp=None)
+    new_meta["converted_from"] = {"load": os.path.abspath(load_dir), "layout": meta.get("layout")}
+    new_meta["distributed_optimizer"] = False
+    new_meta["complete"] = True
+    _write_text(os.path.join(partial, "metadata.json"), json.dumps(new_meta, indent=1, sort_keys=True))
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.rename(partial, final)
+    _write_text(os.path.join(save_dir, TRACKER), str(iteration))
+    return final
+
+
+def _save(obj: Any, path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def iter_layer_keys(state_dict: Mapping[str, Any]) -> Iterable[int]:
+    """Global layer indices present in a merged state dict (sorted, for checks and tests)."""
+    return sorted({int(m.group(2)) for k in state_dict if (m := _LAYER_RE.match(k))})

@@ -1,0 +1,419 @@
+"""The pretraining loop on megatron-core: one stateful :class:`Trainer`.
+
+Model, data and loss come from a :class:`TaskSpec` (GPT's is in :mod:`megatron.training.gpt`);
+everything else is here: process groups, model chunks with DDP and mixed precision, the
+megatron-core optimizer and forward-backward schedules (1F1B, interleaved), random-LTD kept
+length and index plans, token accounting and the LayerToken LR, evaluation, NaN stop,
+checkpoints and logging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+
+from megatron.ltd.schedule import kept_length
+from megatron.training import checkpointing
+from megatron.training.config import PretrainConfig
+from megatron.training.lr_schedule import (
+    StepWork,
+    TokenCounters,
+    add_step,
+    build_scheduler,
+    reached_budget,
+    schedule_lengths,
+)
+from megatron.training.metrics import MetricsLogger, memory_summary, step_model_flops
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept untouched."""
+
+
+@dataclass
+class TaskSpec:
+    """What differs between GPT and BERT pretraining."""
+
+    build_model: Callable  # (cfg, vocab_size, tconfig, pre_process, post_process, vp_stage, ltd_layers) -> module
+    build_datasets: Callable  # (cfg, tokenizer, [n_train, n_valid, n_test]) -> (train, valid, test)
+    forward_step: Callable  # (batch, model, plan) -> (output_tensor, loss_func)
+
+
+def _rank0_print(text: str) -> None:
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(text, flush=True)
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, task: TaskSpec):
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        from megatron.data.tokenizers import build_tokenizer
+        from megatron.runtime.device import init_distributed, set_seed
+        from megatron.training.model_setup import (build_model_chunks, model_flags, padded_vocab_size, transformer_config,
+                                                   virtual_pipeline_size)
+
+        self.cfg, self.task = cfg, task
+        m, p, t = cfg.model, cfg.parallel, cfg.training
+        self.device_info = init_distributed(
+            p.tensor_model_parallel_size,
+            p.pipeline_model_parallel_size,
+            virtual_pipeline_model_parallel_size=virtual_pipeline_size(m, p),
+            force_cpu=p.cpu,
+        )
+        self.device = self.device_info.device
+        set_seed(t.seed)
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.num_microbatches = t.global_batch_size // (t.micro_batch_size * self.dp_size)
+        self.is_writer = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0 and self.dp_rank == 0
+
+        self.tokenizer = build_tokenizer(cfg.tokenizer)
+        self.vocab_size = padded_vocab_size(self.tokenizer.vocab_size, m.make_vocab_size_divisible_by, p.tensor_model_parallel_size)
+        self.tconfig = transformer_config(m, p, cfg.precision, t, use_gpu=self.device_info.use_gpu)
+        ltd = cfg.random_ltd
+        self.ltd_layers: Optional[List[int]] = ltd.resolve_layers(m.num_layers) if ltd.enabled else None
+        self.num_ltd_layers = len(self.ltd_layers or [])
+
+        def provider(pre_process, post_process, vp_stage):
+            return task.build_model(cfg, self.vocab_size, self.tconfig, pre_process, post_process, vp_stage, self.ltd_layers)
+
+        self.models = build_model_chunks(provider, self.tconfig, self.device, use_distributed_optimizer=p.use_distributed_optimizer,
+                                         overlap_grad_reduce=p.overlap_grad_reduce)
+        opt_cfg = OptimizerConfig(
+            optimizer=t.optimizer,
+            lr=cfg.lr.lr,
+            min_lr=cfg.lr.min_lr,
+            weight_decay=t.weight_decay,
+            adam_beta1=t.adam_beta1,
+            adam_beta2=t.adam_beta2,
+            adam_eps=t.adam_eps,
+            sgd_momentum=t.sgd_momentum,
+            clip_grad=t.clip_grad,
+            bf16=cfg.precision.bf16,
+            fp16=cfg.precision.fp16,
+            params_dtype=self.tconfig.params_dtype,
+            loss_scale=cfg.precision.loss_scale,
+            initial_loss_scale=cfg.precision.initial_loss_scale,
+            min_loss_scale=cfg.precision.min_loss_scale,
+            loss_scale_window=cfg.precision.loss_scale_window,
+            hysteresis=cfg.precision.hysteresis,
+            use_distributed_optimizer=p.use_distributed_optimizer,
+        )
+        self.optimizer = get_megatron_optimizer(opt_cfg, self.models)
+        self.full_step = StepWork.of(t.global_batch_size, m.seq_length, m.seq_length, m.num_layers, self.num_ltd_layers)
+        warmup, decay = schedule_lengths(cfg.lr, t, m, self.full_step)
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr, warmup, decay, t.weight_decay)
+        self.lr_lengths = (warmup, decay)
+
+        # Hooks megatron-core's schedules call (as Megatron-LM sets them).
+        self.tconfig.finalize_model_grads_func = finalize_model_grads
+        self.tconfig.grad_scale_func = self.optimizer.scale_loss
+        self.tconfig.no_sync_func = [m_.no_sync for m_ in self.models] if len(self.models) > 1 else self.models[0].no_sync
+
+        self.counters = TokenCounters()
+        self.model_flags = model_flags(m)
+        self.layout = {"tp": p.tensor_model_parallel_size, "pp": p.pipeline_model_parallel_size, "dp": self.dp_size,
+                       "vpp": p.num_layers_per_virtual_pipeline_stage}
+        self.loaded_from: Optional[str] = None
+        if cfg.checkpoint.load:
+            self._load()
+
+        self.train_ds, self.valid_ds, self.test_ds = task.build_datasets(cfg, self.tokenizer, self._num_samples())
+        self.logger = MetricsLogger(self.is_writer, cfg.logging.tensorboard_dir, cfg.logging.metrics_file,
+                                    t.train_iters, not cfg.logging.no_progress, self.counters.iteration)
+        self.last_valid_loss: Optional[float] = None
+        self.last_save_iteration: Optional[int] = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict:
+        return {"counters": self.counters.state_dict(), "random_ltd_layers": self.ltd_layers}
+
+    def _metadata(self) -> Dict:
+        cfg = self.cfg
+        return {
+            "model_type": cfg.model_type,
+            "model_flags": self.model_flags,
+            "tokenizer": dataclasses.asdict(cfg.tokenizer),
+            "padded_vocab_size": self.vocab_size,
+            "layout": self.layout,
+            "distributed_optimizer": cfg.parallel.use_distributed_optimizer,
+            "random_ltd": dataclasses.asdict(cfg.random_ltd),
+            "counters": self.counters.state_dict(),
+            "lr_schedule_unit": cfg.lr.lr_schedule_unit,
+        }
+
+    def _load(self) -> None:
+        ck = self.cfg.checkpoint
+        state = checkpointing.load_checkpoint(
+            ck.load, self.models, self.optimizer, self.scheduler, self.model_flags, self.layout,
+            load_optim=ck.load_optim and not ck.finetune, load_rng=ck.load_rng and not ck.finetune,
+            distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+        )
+        if state is None:
+            _rank0_print(f"[checkpoint] no checkpoint in {ck.load} yet: starting from scratch")
+            return
+        self.loaded_from = state["path"]
+        if not ck.finetune:
+            self.counters.load_state_dict(state["counters"])
+        _rank0_print(f"[checkpoint] loaded {state['path']} (iteration {state['iteration']}"
+                     f"{', weights only' if ck.finetune else ''})")
+
+    def save(self) -> None:
+        ck = self.cfg.checkpoint
+        it = self.counters.iteration
+        path = checkpointing.save_checkpoint(ck.save, it, self.models, self.optimizer, self.scheduler,
+                                             self.state_dict(), self._metadata(), ck.keep_last_checkpoints,
+                                             distributed_optimizer=self.cfg.parallel.use_distributed_optimizer)
+        self.last_save_iteration = it
+        self.logger.print(f"[checkpoint] saved {path}")
+
+    # ------------------------------------------------------------------ data
+    def _max_train_iters(self) -> int:
+        t, m = self.cfg.training, self.cfg.model
+        bounds = []
+        if t.train_iters is not None:
+            bounds.append(t.train_iters)
+        if t.train_samples is not None:
+            bounds.append(math.ceil(t.train_samples / t.global_batch_size))
+        if t.train_tokens is not None:
+            bounds.append(math.ceil(t.train_tokens / self.full_step.raw_tokens))
+        if t.train_layer_tokens is not None:
+            smallest_k = kept_length(0, self.cfg.random_ltd, m.seq_length) if self.ltd_layers else m.seq_length
+            smallest = StepWork.of(t.global_batch_size, m.seq_length, smallest_k, m.num_layers, self.num_ltd_layers)
+            bounds.append(math.ceil(t.train_layer_tokens / smallest.layer_tokens))
+        return min(bounds)
+
+    def _num_samples(self) -> List[int]:
+        t = self.cfg.training
+        gbs = t.global_batch_size
+        iters = self._max_train_iters()
+        evals = iters // t.eval_interval + 1
+        return [iters * gbs, evals * t.eval_iters * gbs, t.eval_iters * gbs]
+
+    def _iterators(self, dataset, consumed_samples: int) -> List[Iterator]:
+        from megatron.data.loader import build_data_loader
+
+        n = len(self.models)
+        return [
+            iter(build_data_loader(dataset, self.cfg.training.micro_batch_size, consumed_samples, self.dp_rank, self.dp_size,
+                                   num_workers=self.cfg.data.num_workers))
+            for _ in range(n)
+        ]
+
+    # ------------------------------------------------------------------ one step
+    def kept_length(self, iteration: int) -> int:
+        s = self.cfg.model.seq_length
+        return kept_length(iteration, self.cfg.random_ltd, s) if self.ltd_layers else s
+
+    def _forward_step_fn(self, iteration: int, k: Optional[int]):
+        """The function megatron-core's schedule calls per micro-batch. The index plan is made here,
+        from the micro-batch's global sample ids, and handed to the model with the call."""
+        from megatron.ltd.sampler import build_index_plan
+
+        cfg = self.cfg
+        s = cfg.model.seq_length
+        sp = cfg.parallel.sequence_parallel
+        tp = cfg.parallel.tensor_model_parallel_size
+
+        def step(data_iterator, model):
+            batch = {key: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for key, v in next(data_iterator).items()}
+            plan = None
+            if k is not None and self.ltd_layers:
+                plan = build_index_plan(cfg.random_ltd.seed, iteration, batch["sample_id"], self.ltd_layers, k, s,
+                                        device=self.device, tp_size=tp if sp else 1, stratified=sp)
+            return self.task.forward_step(batch, model, plan)
+
+        return step
+
+    def _run_schedule(self, data_iterators, forward_step, forward_only: bool, num_microbatches: int):
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        t, m = self.cfg.training, self.cfg.model
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=data_iterators if len(self.models) > 1 else data_iterators[0],
+            model=self.models,
+            num_microbatches=num_microbatches,
+            seq_length=m.seq_length,
+            micro_batch_size=t.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def _reduce_loss(self, losses: List[Dict]) -> float:
+        """Mean loss over the global batch, identical on every rank (for logging and the NaN stop)."""
+        from megatron.core import parallel_state as ps
+
+        key = next(iter(losses[0])) if losses else None
+        local = torch.stack([d[key].float() for d in losses]).mean() if losses else torch.zeros((), device=self.device)
+        weight = 1.0 if losses and ps.get_tensor_model_parallel_rank() == 0 else 0.0
+        buf = torch.tensor([float(local) * weight, weight], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(buf)
+        return float(buf[0] / buf[1]) if buf[1] > 0 else float("nan")
+
+    def train_step(self, data_iterators) -> Dict[str, float]:
+        it = self.counters.iteration
+        k = self.kept_length(it)
+        m, t = self.cfg.model, self.cfg.training
+        work = StepWork.of(t.global_batch_size, m.seq_length, k, m.num_layers, self.num_ltd_layers)
+        # Advance the LR schedule by this step's own work before the update (no one-step lag).
+        self.scheduler.step(work.amount(self.cfg.lr.lr_schedule_unit))
+        for model in self.models:
+            model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        losses = self._run_schedule(data_iterators, self._forward_step_fn(it, k), False, self.num_microbatches)
+        loss = self._reduce_loss(losses)
+        if not math.isfinite(loss):
+            where = f"the last good checkpoint is {self.last_save_iteration or self.loaded_from or 'none (no --save)'}"
+            raise TrainingDiverged(
+                f"loss is {loss} at iteration {it + 1}: stopping without saving; {where}. "
+                "Lower --lr, raise --lr-warmup-*, use --bf16 instead of --fp16, or check the data."
+            )
+        ok, grad_norm, _ = self.optimizer.step()
+        add_step(self.counters, work)
+        lr = self.optimizer.param_groups[0]["lr"]
+        return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "kept_length": k, "skipped": 0.0 if ok else 1.0, "step_flops": self._step_flops(k)}
+
+    def _step_flops(self, k: int) -> float:
+        m, tc = self.cfg.model, self.tconfig
+        return step_model_flops(self.cfg.training.global_batch_size, m.seq_length, k, m.num_layers, self.num_ltd_layers,
+                                m.hidden_size, tc.ffn_hidden_size, tc.kv_channels, tc.num_attention_heads,
+                                tc.num_query_groups or tc.num_attention_heads, m.swiglu, self.vocab_size)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, dataset=None, iters: Optional[int] = None) -> Optional[float]:
+        """Mean validation loss over the first ``--eval-iters`` global batches (the same batches
+        each time, so curves are comparable), every layer at full length."""
+        dataset = dataset if dataset is not None else self.valid_ds
+        iters = self.cfg.training.eval_iters if iters is None else iters
+        if dataset is None or iters == 0:
+            return None
+        for model in self.models:
+            model.eval()
+        iterators = self._iterators(dataset, 0)
+        losses = []
+        with torch.no_grad():
+            for _ in range(iters):
+                out = self._run_schedule(iterators, self._forward_step_fn(self.counters.iteration, None), True, self.num_microbatches)
+                losses.append(self._reduce_loss(out))
+        for model in self.models:
+            model.train()
+        return sum(losses) / len(losses)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Dict[str, float]:
+        cfg, t = self.cfg, self.cfg.training
+        for model in self.models:
+            model.train()
+        iterators = self._iterators(self.train_ds, self.counters.samples)
+        start_it = self.counters.iteration
+        self._print_header()
+        log_t0, log_tokens, log_flops, log_iters = time.time(), 0, 0.0, 0
+        run_t0 = time.time()
+        last: Dict[str, float] = {}
+        stop_reason = reached_budget(self.counters, t)
+        while stop_reason is None:
+            last = self.train_step(iterators)
+            it = self.counters.iteration
+            log_iters += 1
+            log_tokens += self.full_step.raw_tokens
+            log_flops += last["step_flops"]
+            self.logger.advance()
+            if it % cfg.logging.log_interval == 0:
+                elapsed = max(time.time() - log_t0, 1e-9)
+                world = torch.distributed.get_world_size()
+                values = {
+                    "loss": last["loss"], "lr": last["lr"], "grad_norm": last["grad_norm"], "kept_length": last["kept_length"],
+                    "tokens_per_s": log_tokens / elapsed, "tflops_per_device": log_flops / elapsed / world / 1e12,
+                    "s_per_iter": elapsed / log_iters,
+                }
+                self._log_line(it, values, elapsed / log_iters)
+                self.logger.record("train", it, values, self._x_axes(time.time() - run_t0))
+                log_t0, log_tokens, log_flops, log_iters = time.time(), 0, 0.0, 0
+            if it % t.eval_interval == 0:
+                self._eval_and_log(it, time.time() - run_t0)
+            stop_reason = reached_budget(self.counters, t)
+            if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
+                self.save()
+            if t.exit_interval and it % t.exit_interval == 0 and stop_reason is None:
+                stop_reason = f"--exit-interval {t.exit_interval}"
+                break
+        if self.counters.iteration > start_it and self.counters.iteration % t.eval_interval != 0:
+            self._eval_and_log(self.counters.iteration, time.time() - run_t0)
+        if cfg.checkpoint.save and self.last_save_iteration != self.counters.iteration and self.counters.iteration > start_it:
+            self.save()
+        wall = time.time() - run_t0
+        summary = {
+            "iterations": self.counters.iteration, "samples": self.counters.samples,
+            "raw_tokens": self.counters.raw_tokens, "layer_tokens": self.counters.layer_tokens,
+            "layer_averaged_tokens": self.counters.layer_averaged_tokens, "wall_s": wall,
+            "final_train_loss": last.get("loss"), "final_valid_loss": self.last_valid_loss, "stopped_by": stop_reason,
+        }
+        self.logger.print(
+            f"[done] stopped by {stop_reason} at iteration {summary['iterations']} | samples {summary['samples']:,} | "
+            f"raw tokens {summary['raw_tokens']:,} | layer-tokens {summary['layer_tokens']:,} | wall {wall:.1f}s | "
+            f"final train loss {summary['final_train_loss'] if summary['final_train_loss'] is None else round(summary['final_train_loss'], 4)} | "
+            f"valid loss {summary['final_valid_loss'] if summary['final_valid_loss'] is None else round(summary['final_valid_loss'], 4)}"
+        )
+        self.logger.record("summary", self.counters.iteration, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        return summary
+
+    def _x_axes(self, wall: float) -> Dict[str, float]:
+        c = self.counters
+        return {"samples": c.samples, "raw_tokens": c.raw_tokens, "layer_tokens": c.layer_tokens,
+                "layer_averaged_tokens": c.layer_averaged_tokens, "wall_s": round(wall, 3)}
+
+    def _eval_and_log(self, it: int, wall: float) -> None:
+        loss = self.evaluate()
+        if loss is None:
+            return
+        self.last_valid_loss = loss
+        ppl = math.exp(min(loss, 50.0))
+        self.logger.print(f"[valid] iteration {it:>7} | loss {loss:.4f} | ppl {ppl:.2f} | layer-tokens {self.counters.layer_tokens:,}")
+        self.logger.record("valid", it, {"loss": loss, "ppl": ppl}, self._x_axes(wall))
+
+    def _log_line(self, it: int, v: Dict[str, float], s_per_iter: float) -> None:
+        c = self.counters
+        self.logger.print(
+            f"iteration {it:>7} | loss {v['loss']:.4f} | lr {v['lr']:.3e} | kept {int(v['kept_length'])}/{self.cfg.model.seq_length} | "
+            f"grad norm {v['grad_norm']:.3f} | tokens {c.raw_tokens:,} | layer-tokens {c.layer_tokens:,} | "
+            f"{v['tokens_per_s']:,.0f} tok/s | {v['tflops_per_device']:.3f} TFLOP/s/dev | {s_per_iter * 1000:.0f} ms/it | "
+            f"{memory_summary(self.device)}"
+        )
+
+    def _print_header(self) -> None:
+        cfg = self.cfg
+        n_params = sum(p.numel() for m in self.models for p in m.parameters())
+        ltd = (f"random-LTD on layers {self.ltd_layers}, kept {self.kept_length(0)} -> "
+               f"{cfg.random_ltd.resolved_max_seq(cfg.model.seq_length)} over {cfg.random_ltd.require_steps} steps"
+               if self.ltd_layers else "random-LTD off")
+        self.logger.print(
+            f"[setup] {cfg.model_type.upper()} {cfg.model.num_layers} layers x {cfg.model.hidden_size} hidden | "
+            f"{n_params:,} params on this rank | device {self.device_info.name} ({self.device_info.backend}) | "
+            f"TP {self.layout['tp']} PP {self.layout['pp']} DP {self.layout['dp']} | global batch {cfg.training.global_batch_size} "
+            f"= {self.num_microbatches} micro-batches x {cfg.training.micro_batch_size} x DP | {ltd} | "
+            f"LR unit {cfg.lr.lr_schedule_unit} (warmup {self.lr_lengths[0]:,}, decay {self.lr_lengths[1]:,})"
+        )
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def pretrain(cfg: PretrainConfig, task: TaskSpec) -> Dict[str, float]:
+    """Build the trainer, train, and clean up; the entry scripts call only this."""
+    from megatron.runtime.device import destroy_distributed
+
+    trainer = Trainer(cfg, task)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+        destroy_distributed()
