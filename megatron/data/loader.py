@@ -92,6 +92,8 @@ def build_data_loader(dataset, micro_batch_size: int, consumed_samples: int, dp_
         raise ValueError("build_data_loader got no dataset (this split was not built)")
     sampler = PretrainingSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank,
                                  dp_size, drop_last)
+    # Its own generator: creating a DataLoader iterator otherwise draws from the global torch RNG,
+    # which would shift dropout masks between an uninterrupted and a resumed run.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
-        persistent_workers=num_workers > 0)
+        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(consumed_samples))

@@ -122,11 +122,12 @@ class Trainer:
         self.model_flags = model_flags(m)
         self.layout = {"tp": p.tensor_model_parallel_size, "pp": p.pipeline_model_parallel_size, "dp": self.dp_size,
                        "vpp": p.num_layers_per_virtual_pipeline_stage}
+        # Datasets before the checkpoint: building them may draw from the global RNGs, and the
+        # restored RNG state must be the last thing set before the first resumed step.
+        self.train_ds, self.valid_ds, self.test_ds = task.build_datasets(cfg, self.tokenizer, self._num_samples())
         self.loaded_from: Optional[str] = None
         if cfg.checkpoint.load:
             self._load()
-
-        self.train_ds, self.valid_ds, self.test_ds = task.build_datasets(cfg, self.tokenizer, self._num_samples())
         self.logger = MetricsLogger(self.is_writer, cfg.logging.tensorboard_dir, cfg.logging.metrics_file,
                                     t.train_iters, not cfg.logging.no_progress, self.counters.iteration)
         self.last_valid_loss: Optional[float] = None
@@ -323,6 +324,7 @@ class Trainer:
         while stop_reason is None:
             last = self.train_step(iterators)
             it = self.counters.iteration
+            checkpointing._maybe_crash("iteration", it)  # fault injection for the resume tests
             log_iters += 1
             log_tokens += self.full_step.raw_tokens
             log_flops += last["step_flops"]

@@ -1,0 +1,158 @@
+"""Command line of ``tools/evaluate_zeroshot.py`` (native tasks) and ``tools/convert_checkpoint.py``.
+
+Model flags (``--num-layers`` ...) are optional: the checkpoint records its own. Any flag given is
+checked against the checkpoint, and a difference is refused with the flags named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+__all__ = ["build_eval_parser", "given_model_flags", "run_eval", "main", "convert_main"]
+
+TASKS = ("lambada", "wikitext", "perplexity")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    from megatron.training.cli import add_dataclass_args
+    from megatron.training.config import ModelConfig
+
+    add_dataclass_args(parser, ModelConfig, "model (optional: checked against the checkpoint)")
+    # Absent unless given, so only the flags the user typed are compared.
+    parser.set_defaults(**{f.name: argparse.SUPPRESS for f in dataclasses.fields(ModelConfig)})
+
+
+def given_model_flags(args: argparse.Namespace) -> Dict[str, Any]:
+    from megatron.training.config import ModelConfig
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelConfig) if hasattr(args, f.name)}
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Zero-shot evaluation of a Megatron-LTD GPT checkpoint (any TP/PP layout, run at TP=1/PP=1).",
+        allow_abbrev=False,
+    )
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--task", required=True, choices=TASKS,
+                   help="lambada: last-word accuracy from JSONL; wikitext: perplexity of WikiText-tokenized "
+                        "text (detokenized first); perplexity: perplexity of plain text.")
+    g.add_argument("--load", required=True, help="Checkpoint directory (its latest complete iteration).")
+    g.add_argument("--iteration", type=int, default=None, help="Evaluate this iteration instead of the latest.")
+    g.add_argument("--data-path", "--valid-data", dest="data_path", required=True,
+                   help="LAMBADA JSONL (one {\"text\": ...} per line) or a raw text file.")
+    g.add_argument("--eval-seq-length", type=int, default=None,
+                   help="Evaluation window in tokens (default: the checkpoint's --seq-length).")
+    g.add_argument("--overlapping-eval", "--stride", dest="stride", type=int, default=None,
+                   help="Perplexity: window stride in tokens (default: the window, i.e. no overlap).")
+    g.add_argument("--micro-batch-size", "--batch-size", dest="batch_size", type=int, default=8,
+                   help="Sequences per forward pass.")
+    g.add_argument("--strict-lambada", action="store_true",
+                   help="LAMBADA: report only the strict (whole-word) variant. Default: both variants.")
+    g.add_argument("--lambada-text-key", default="text", help="JSON field holding the passage.")
+    g.add_argument("--limit", type=int, default=None, help="LAMBADA: evaluate only the first N examples.")
+    g.add_argument("--max-tokens", type=int, default=None, help="Perplexity: evaluate only the first N tokens.")
+    g.add_argument("--results-dir", default="eval_results", help="Where the JSON result file goes.")
+    g.add_argument("--results-json", default=None, help="Exact JSON result path (overrides --results-dir).")
+    g.add_argument("--cpu", action="store_true", help="Run on CPU even when a GPU is visible.")
+    g.add_argument("--bf16", action="store_true", help="Evaluate in bfloat16 (GPU).")
+    g.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    from megatron.data.tokenizers import add_tokenizer_args
+
+    add_tokenizer_args(p)
+    # Tokenizer flags override the checkpoint's only when given.
+    p.set_defaults(tokenizer_type=argparse.SUPPRESS, tokenizer_model=argparse.SUPPRESS, vocab_file=argparse.SUPPRESS,
+                   merge_file=argparse.SUPPRESS, vocab_size=argparse.SUPPRESS)
+    _add_model_flags(p)
+    return p
+
+
+def _tokenizer_override(args: argparse.Namespace, meta_tok: Optional[dict]):
+    from megatron.data.tokenizers import TokenizerConfig
+
+    keys = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+    given = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    if not given:
+        return None
+    base = dict(meta_tok or {})
+    base.update(given)
+    return TokenizerConfig(**{k: v for k, v in base.items() if k in {f.name for f in dataclasses.fields(TokenizerConfig)}})
+
+
+def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run one native task from parsed arguments; returns the result dict (also written as JSON)."""
+    import torch
+
+    from megatron.evaluation.checkpoint_loader import load_for_inference, read_metadata, resolve_iteration
+    from megatron.evaluation.results import format_table, write_json
+    from megatron.evaluation.tasks import EvalDataError, evaluate_lambada, evaluate_perplexity
+
+    if not os.path.exists(args.data_path):
+        raise EvalDataError(f"--data-path {args.data_path!r} does not exist")
+    it = resolve_iteration(args.load, args.iteration)
+    tok_cfg = _tokenizer_override(args, read_metadata(args.load, it).get("tokenizer"))
+    t0 = time.time()
+    loaded = load_for_inference(
+        args.load, it, model_flags=given_model_flags(args), tokenizer_config=tok_cfg,
+        seq_length=args.eval_seq_length, dtype=torch.bfloat16 if args.bf16 else torch.float32, force_cpu=args.cpu,
+    )
+    load_s = time.time() - t0
+    progress = not args.no_progress
+    t0 = time.time()
+    if args.task == "lambada":
+        variants = ("strict",) if args.strict_lambada else ("strict", "non-strict")
+        res = evaluate_lambada(loaded, args.data_path, args.batch_size, variants, args.limit,
+                               args.lambada_text_key, progress)
+    else:
+        res = evaluate_perplexity(loaded, args.data_path, args.stride, args.batch_size,
+                                  detokenize=args.task == "wikitext", max_tokens=args.max_tokens, progress=progress)
+    res.update(checkpoint=os.path.abspath(args.load), iteration=loaded.iteration, device=str(loaded.device),
+               load_seconds=round(load_s, 3), eval_seconds=round(time.time() - t0, 3))
+    path = args.results_json or os.path.join(args.results_dir, f"{args.task}_iter_{loaded.iteration:07d}.json")
+    write_json(path, res)
+    res["results_json"] = path
+    print(format_table([res]))
+    print(f"results written to {path}")
+    return res
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from megatron.evaluation.checkpoint_loader import CheckpointError
+    from megatron.evaluation.tasks import EvalDataError
+
+    args = build_eval_parser().parse_args(argv)
+    try:
+        run_eval(args)
+    except (CheckpointError, EvalDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def convert_main(argv: Optional[Sequence[str]] = None) -> int:
+    from megatron.evaluation.checkpoint_loader import CheckpointError, write_merged_checkpoint
+
+    p = argparse.ArgumentParser(
+        description="Merge a checkpoint saved at any TP/PP layout into one TP=1/PP=1 checkpoint (weights only).",
+        allow_abbrev=False,
+    )
+    p.add_argument("--load", required=True, help="Source checkpoint directory.")
+    p.add_argument("--save", required=True, help="Destination directory (written atomically, tracker last).")
+    p.add_argument("--iteration", type=int, default=None, help="Convert this iteration (default: the latest).")
+    args = p.parse_args(argv)
+    if os.path.abspath(args.load) == os.path.abspath(args.save):
+        print("error: --save must differ from --load", file=sys.stderr)
+        return 2
+    try:
+        out = write_merged_checkpoint(args.load, args.save, args.iteration)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote TP=1/PP=1 checkpoint {out}")
+    return 0
+

@@ -1,0 +1,119 @@
+"""End-to-end pretraining on CPU: multi-rank runs with random-LTD train, the LayerToken LR
+follows its formula, kill-and-resume reproduces the uninterrupted run exactly, and bad flags or
+checkpoints are refused with messages that name what is wrong."""
+
+import math
+import os
+
+import pytest
+
+from tests.training.run_utils import TINY_GPT, read_metrics, run_pretrain
+
+LTD = ["--random-ltd", "--random-ltd-min-seq", "8", "--random-ltd-seq-step", "8", "--random-ltd-require-steps", "12"]
+
+
+def _losses(metrics_file):
+    return [r["loss"] for r in read_metrics(metrics_file)]
+
+
+def _assert_trains(losses, n):
+    assert len(losses) == n
+    assert all(math.isfinite(v) for v in losses)
+    head, tail = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert tail < head - 0.05, losses
+
+
+def test_tp2_pp2_random_ltd_trains(tmp_path):
+    metrics = str(tmp_path / "m.jsonl")
+    run_pretrain(TINY_GPT + LTD + ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                                   "--sequence-parallel", "--train-iters", "20", "--metrics-file", metrics], nproc=4)
+    _assert_trains(_losses(metrics), 20)
+    kept = [r["kept_length"] for r in read_metrics(metrics)]
+    assert kept[0] == 8 and kept[-1] == 32 and kept == sorted(kept)
+
+
+def test_dp2_distributed_optimizer_random_ltd_trains(tmp_path):
+    metrics = str(tmp_path / "m.jsonl")
+    run_pretrain(TINY_GPT + LTD + ["--use-distributed-optimizer", "--train-iters", "20", "--metrics-file", metrics], nproc=2)
+    _assert_trains(_losses(metrics), 20)
+
+
+def _expected_lr(consumed, warmup, decay, lr, min_lr):
+    if consumed <= warmup:
+        return lr * consumed / warmup
+    ratio = (consumed - warmup) / (decay - warmup)
+    return min_lr + 0.5 * (math.cos(math.pi * min(ratio, 1.0)) + 1.0) * (lr - min_lr)
+
+
+def test_layer_token_lr_follows_its_formula_while_kept_length_changes(tmp_path):
+    metrics = str(tmp_path / "m.jsonl")
+    # 4 layers, layers 1..2 drop; gbs 8, s 32: full step = 8*32*4 = 1024 layer-tokens.
+    warmup, decay = 3000, 12000
+    run_pretrain(TINY_GPT + LTD + ["--train-iters", "14", "--lr-schedule-unit", "layer-tokens",
+                                   "--lr-warmup-tokens", str(warmup), "--lr-decay-tokens", str(decay),
+                                   "--metrics-file", metrics])
+    rows = read_metrics(metrics)
+    assert len({r["kept_length"] for r in rows}) >= 3  # the ramp really moves
+    consumed = 0
+    for r in rows:
+        k = r["kept_length"]
+        consumed += 8 * (32 * 2 + k * 2)  # this step's own layer-tokens: the LR uses them (no lag)
+        assert r["layer_tokens"] == consumed
+        assert r["lr"] == pytest.approx(_expected_lr(consumed, warmup, decay, 3e-3, 1e-4), rel=1e-9, abs=1e-12), r
+
+
+CRASHES = ["iteration:6", "save-model:8", "save-before-rename:8", "save-before-tracker:8"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref")
+    metrics = str(d / "m.jsonl")
+    run_pretrain(TINY_GPT + LTD + ["--train-iters", "12", "--save", str(d / "ck"), "--save-interval", "4",
+                                   "--hidden-dropout", "0.1", "--metrics-file", metrics])
+    return {r["iteration"]: r for r in read_metrics(metrics)}
+
+
+@pytest.mark.parametrize("crash", CRASHES)
+def test_killed_run_resumes_exactly(tmp_path, uninterrupted, crash):
+    ck, metrics = str(tmp_path / "ck"), str(tmp_path / "m.jsonl")
+    args = TINY_GPT + LTD + ["--train-iters", "12", "--save", ck, "--save-interval", "4", "--hidden-dropout", "0.1",
+                             "--metrics-file", metrics]
+    proc = run_pretrain(args, env={"MEGATRON_LTD_CRASH_AT": crash}, check=False)
+    assert proc.returncode != 0  # SIGKILLed
+    with open(os.path.join(ck, "latest_checkpointed_iteration.txt")) as f:
+        resumed_from = int(f.read())
+    assert resumed_from == 4  # a kill at 6 or during the save of 8 leaves 4 as the newest complete one
+    run_pretrain(args + ["--load", ck])
+    rows = read_metrics(metrics)
+    after = [r for r in rows if r["iteration"] > resumed_from]
+    # The resumed run writes iterations 5..12 again after the killed run's partial ones.
+    last_by_iter = {r["iteration"]: r for r in after}
+    assert sorted(last_by_iter) == list(range(resumed_from + 1, 13))
+    for it, r in last_by_iter.items():
+        ref = uninterrupted[it]
+        assert r["loss"] == ref["loss"] and r["lr"] == ref["lr"] and r["kept_length"] == ref["kept_length"], (it, r, ref)
+        assert r["layer_tokens"] == ref["layer_tokens"]
+    assert not any(name.endswith(".partial") for name in os.listdir(ck))
+
+
+def test_checkpoint_with_other_model_flags_is_refused(tmp_path, uninterrupted):
+    ck = str(tmp_path / "ck")
+    run_pretrain(TINY_GPT + ["--train-iters", "2", "--save", ck])
+    proc = run_pretrain(TINY_GPT + ["--train-iters", "4", "--load", ck, "--hidden-size", "64"], check=False)
+    assert proc.returncode != 0
+    assert "--hidden-size: checkpoint 32, this run 64" in proc.stderr + proc.stdout
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    ck = str(tmp_path / "ck")
+    proc = run_pretrain(TINY_GPT + ["--train-iters", "40", "--lr", "1e6", "--min-lr", "1e6", "--lr-decay-style", "constant",
+                                    "--clip-grad", "0", "--save", ck, "--save-interval", "1", "--init-method-std", "1.0"],
+                        check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "loss is nan" in out.lower() or "loss is inf" in out.lower(), out[-3000:]
+    assert "stopping without saving" in out
+    with open(os.path.join(ck, "latest_checkpointed_iteration.txt")) as f:
+        last = int(f.read())
+    assert os.path.isdir(os.path.join(ck, f"iter_{last:07d}"))
