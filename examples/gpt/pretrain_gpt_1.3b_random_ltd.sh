@@ -151,30 +151,34 @@ LTD_ARGS=(
 # shellcheck disable=SC2206  # a list of layer numbers
 [ -n "$LTD_LAYERS" ] && LTD_ARGS+=(--random-ltd-layers $LTD_LAYERS)
 
-# Iterations until the layer-token budget is reached, from the kept-length schedule itself: a safety
-# cap that also sizes the dataset index (without it the trainer sizes it for the worst case, every
-# step at the smallest k: ~5x too many samples).
+# Iterations until the layer-token budget is reached: a safety cap that also sizes the dataset index
+# (without it the trainer sizes the index for the worst case, every step at the smallest k: ~5x too
+# many samples). The kept length is the MSLG ramp of megatron/ltd/schedule.py (kept_length), written
+# out here so the launcher needs no torch import; tests/training/test_launchers.py checks that both agree.
 if [ "$TRAIN_ITERS_CAP" = auto ]; then
+    # shellcheck disable=SC2086  # LTD_LAYERS is a list of words
+    N_LTD_LAYERS="$(set -- $LTD_LAYERS; echo $#)"
+    [ "$N_LTD_LAYERS" = 0 ] && N_LTD_LAYERS=$((NUM_LAYERS - 2))
     TRAIN_ITERS_CAP="$(
-        "${PYTHON:-python}" - "$GLOBAL_BATCH" "$SEQ_LEN" "$NUM_LAYERS" "$TRAIN_LAYER_TOKENS" \
-            "$LTD_MIN_SEQ" "$LTD_MAX_SEQ" "$LTD_SEQ_STEP" "$LTD_REQUIRE_STEPS" $LTD_LAYERS <<'PY'
+        "${PYTHON:-python3}" - "$GLOBAL_BATCH" "$SEQ_LEN" "$NUM_LAYERS" "$N_LTD_LAYERS" "$TRAIN_LAYER_TOKENS" \
+            "$LTD_MIN_SEQ" "$LTD_MAX_SEQ" "$LTD_SEQ_STEP" "$LTD_REQUIRE_STEPS" <<'PY'
 import sys
-from megatron.ltd.config import RandomLTDConfig
-from megatron.ltd.schedule import kept_length, layer_tokens
-gbs, s, L, budget, mn, mx, step, ramp = map(int, sys.argv[1:9])
-cfg = RandomLTDConfig(enabled=True, layers=[int(x) for x in sys.argv[9:]] or None, min_seq=mn,
-                      max_seq=mx, seq_step=step, require_steps=ramp)
-n_ltd = len(cfg.resolve_layers(L))
-done, it = 0, 0
+gbs, s, L, n_ltd, budget, mn, mx, inc, ramp = map(int, sys.argv[1:])
+def kept(step):  # megatron.ltd.schedule.kept_length
+    if step >= ramp:
+        return mx
+    v = mn + step * (mx - mn) // ramp
+    return max(mn, min(v - v % inc, mx))
+def work(k):  # layer-tokens of one step
+    return gbs * (s * (L - n_ltd) + k * n_ltd)
+done = it = 0
 while done < budget and it < ramp:
-    done += layer_tokens(gbs, s, kept_length(it, cfg, s), L, n_ltd)
-    it += 1
+    done, it = done + work(kept(it)), it + 1
 if done < budget:
-    full = layer_tokens(gbs, s, kept_length(ramp, cfg, s), L, n_ltd)
-    it += -(-(budget - done) // full)
+    it += -(-(budget - done) // work(mx))
 print(it + 1)
 PY
-    )" || { echo "$(basename "$0"): could not compute TRAIN_ITERS_CAP (is the environment active?); set it, or 0" >&2; exit 1; }
+    )" || { echo "$(basename "$0"): could not compute TRAIN_ITERS_CAP; set it to a number, or 0 for none" >&2; exit 1; }
 fi
 [ "$TRAIN_ITERS_CAP" != 0 ] && LTD_ARGS+=(--train-iters "$TRAIN_ITERS_CAP")
 # shellcheck disable=SC2206  # DATA_PATH may be a blend: split it into words on purpose

@@ -24,7 +24,15 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
     add_dataclass_args(parser, ModelConfig, "model (optional: checked against the checkpoint)")
     # Absent unless given, so only the flags the user typed are compared.
-    parser.set_defaults(**{f.name: argparse.SUPPRESS for f in dataclasses.fields(ModelConfig)})
+    _suppress_defaults(parser, {f.name for f in dataclasses.fields(ModelConfig)})
+
+
+def _suppress_defaults(parser: argparse.ArgumentParser, dests) -> None:
+    """Leave these arguments out of the namespace unless given (``set_defaults(x=SUPPRESS)``
+    would store the SUPPRESS marker itself)."""
+    for action in parser._actions:
+        if action.dest in dests:
+            action.default = argparse.SUPPRESS
 
 
 def given_model_flags(args: argparse.Namespace) -> Dict[str, Any]:
@@ -66,8 +74,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
     add_tokenizer_args(p)
     # Tokenizer flags override the checkpoint's only when given.
-    p.set_defaults(tokenizer_type=argparse.SUPPRESS, tokenizer_model=argparse.SUPPRESS, vocab_file=argparse.SUPPRESS,
-                   merge_file=argparse.SUPPRESS, vocab_size=argparse.SUPPRESS)
+    _suppress_defaults(p, {"tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size"})
     _add_model_flags(p)
     return p
 

@@ -3,7 +3,7 @@
 Registered as ``megatron-ltd`` (alias ``megatron_ltd``), so any harness task runs on a checkpoint:
 
     python -m megatron.evaluation.lm_eval_cli run --model megatron-ltd \
-        --model_args load=CKPT,batch_size=8 --tasks lambada_openai,piqa
+        --model_args load=CKPT --batch_size 8 --tasks lambada_openai,piqa
 
 or from Python: ``lm_eval.simple_evaluate(model=MegatronLTDLM(load=CKPT), tasks=[...])``.
 Needs the optional extra: ``pip install -e .[eval]``.

@@ -1,7 +1,7 @@
 """lm-evaluation-harness's own command line with the ``megatron-ltd`` model available.
 
     python -m megatron.evaluation.lm_eval_cli run --model megatron-ltd \\
-        --model_args load=CKPT,batch_size=8 --tasks piqa,hellaswag --output_path results/
+        --model_args load=CKPT --batch_size 8 --tasks piqa,hellaswag --output_path results/
 
 Everything after the module name is lm_eval's CLI (``lm_eval --help``). The model is registered
 lazily, so ``--help`` and ``ls tasks`` do not load torch models.

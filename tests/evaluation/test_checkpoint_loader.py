@@ -79,8 +79,8 @@ def test_tp2_pp2_untied_merge_equals_single_rank_model(tmp_path):
 def test_tied_pp2_drops_output_copy(tmp_path):
     ckpt = str(tmp_path / "pp2")
     run_multirank(body_train_and_save, world_size=2, pp=2,
-                  kwargs={"out_dir": ckpt, "steps": 0, "deterministic": True, "seed": 2})
-    ref = run_multirank(body_full_state, world_size=1, kwargs={"seed": 2})[0]
+                  kwargs={"out_dir": ckpt, "steps": 0, "deterministic": True, "seed": 2, "flags": {"num_layers": 4}})
+    ref = run_multirank(body_full_state, world_size=1, kwargs={"seed": 2, "flags": {"num_layers": 4}})[0]
     merged, _, _ = read_merged_state_dict(ckpt)
     assert "output_layer.weight" not in merged
     for k, v in ref.items():

@@ -145,11 +145,13 @@ def test_simple_evaluate_local_yaml_multiple_choice(lm, local_task):
 def test_lm_eval_cli_runs_registered_model(trained_ckpt, local_task, tmp_path):
     task_dir, docs = local_task
     out = tmp_path / "out"
-    env = dict(os.environ, MEGATRON_LTD_FORCE_CPU="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
+    # A fresh single process: none of this test process's rendezvous settings.
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = dict(env, MEGATRON_LTD_FORCE_CPU="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, "-m", "megatron.evaluation.lm_eval_cli", "run", "--model", "megatron-ltd",
-         "--model_args", f"load={trained_ckpt},batch_size=4,cpu=True", "--tasks", "tiny_animals",
+         "--model_args", f"load={trained_ckpt},cpu=True", "--batch_size", "4", "--tasks", "tiny_animals",
          "--include_path", task_dir, "--output_path", str(out), "--limit", "4"],
         capture_output=True, text=True, timeout=180, env=env, cwd=ROOT,
     )
