@@ -60,7 +60,7 @@ class RankContext:
         return parallel_state.get_data_parallel_rank()
 
 
-def _worker(body, rank, world_size, port, tp, pp, kwargs, result_queue, timeout_s):
+def _worker(body, rank, world_size, port, tp, pp, vpp, kwargs, result_queue, timeout_s):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -76,7 +76,8 @@ def _worker(body, rank, world_size, port, tp, pp, kwargs, result_queue, timeout_
         torch.set_num_threads(1)
         from megatron.runtime.device import destroy_distributed, init_distributed, set_seed
 
-        init_distributed(tp, pp, force_cpu=True, timeout_minutes=max(timeout_s / 60.0, 0.5))
+        init_distributed(tp, pp, virtual_pipeline_model_parallel_size=vpp, force_cpu=True,
+                         timeout_minutes=max(timeout_s / 60.0, 0.5))
         set_seed(1234)
         ctx = RankContext(rank, world_size, tp, pp, world_size // (tp * pp))
         result = body(ctx, **kwargs)
@@ -100,6 +101,7 @@ def run_multirank(
     tp: int = 1,
     pp: int = 1,
     kwargs: Optional[Dict[str, Any]] = None,
+    vpp: Optional[int] = None,
     timeout_s: float = 120.0,
 ) -> List[Any]:
     """Run ``body`` on ``world_size`` ranks; return the per-rank results in rank order."""
@@ -113,7 +115,7 @@ def run_multirank(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(body, rank, world_size, port, tp, pp, kwargs or {}, result_queue, timeout_s),
+            args=(body, rank, world_size, port, tp, pp, vpp, kwargs or {}, result_queue, timeout_s),
             daemon=False,  # megatron-core checkpoint writers start child processes
         )
         for rank in range(world_size)

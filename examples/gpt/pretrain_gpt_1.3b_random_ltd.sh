@@ -80,7 +80,8 @@ TRAIN_ITERS_CAP="${TRAIN_ITERS_CAP:-auto}"    # auto | 0 (no cap) | N
 SEED="${SEED:-1234}"
 
 # ---- random-LTD
-LTD_LAYERS="${LTD_LAYERS:-}"                  # empty: every layer but the first and the last
+LTD_LAYERS="${LTD_LAYERS:-}"                  # e.g. "1 2 3" or "1,2,3"; empty: all but the first and the last
+LTD_LAYERS="${LTD_LAYERS//,/ }"
 LTD_MIN_SEQ="${LTD_MIN_SEQ:-128}"
 LTD_MAX_SEQ="${LTD_MAX_SEQ:-$SEQ_LEN}"
 LTD_SEQ_STEP="${LTD_SEQ_STEP:-16}"

@@ -3,7 +3,7 @@
 #
 # Model: 6 layers, hidden 192, 6 heads, sequence 128 (~3.5M parameters with a 4096-token vocabulary).
 # Batch: GLOBAL_BATCH 32 = 2 micro-batches of 16: 32 x 128 = 4,096 raw tokens per iteration.
-# Length: TRAIN_ITERS 150 (614,400 tokens; about 2 minutes on 2 idle cores), the same number of
+# Length: TRAIN_ITERS 150 (614,400 tokens; 2-3 minutes on 2 idle cores), the same number of
 # steps in both modes.
 # MODE=random_ltd drops tokens in layers 1..4: kept length 32 -> 128 in steps of 16 over the first
 # 70% of the iterations (105). Layer-tokens per iteration: 32 x (128 x 2 + k x 4) = 12,288 at k 32
@@ -48,7 +48,7 @@ LR_UNIT="${LR_UNIT:-layer-tokens}"            # iterations | samples | tokens | 
 WARMUP_FRACTION="${WARMUP_FRACTION:-0.05}"
 SEED="${SEED:-1234}"
 
-LTD_LAYERS="${LTD_LAYERS:-}"                  # empty: every layer but the first and the last
+LTD_LAYERS="${LTD_LAYERS:-}"                  # e.g. "1 2" or "1,2"; empty: all but the first and the last
 LTD_MIN_SEQ="${LTD_MIN_SEQ:-32}"
 LTD_SEQ_STEP="${LTD_SEQ_STEP:-16}"
 LTD_REQUIRE_STEPS="${LTD_REQUIRE_STEPS:-$(( TRAIN_ITERS * 7 / 10 > 0 ? TRAIN_ITERS * 7 / 10 : 1 ))}"
@@ -63,7 +63,7 @@ VOCAB_SIZE="${VOCAB_SIZE:-4096}"              # mock data without a tokenizer on
 SPLIT="${SPLIT:-98,2,0}"
 
 OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/runs/gpt_small_cpu_$MODE}"
-CHECKPOINT_DIR="${CHECKPOINT_DIR:-$OUTPUT_DIR/checkpoints}"   # saved at the end of the run
+CHECKPOINT_DIR="${CHECKPOINT_DIR-$OUTPUT_DIR/checkpoints}"    # saved at the end of the run; "" for none
 RESUME="${RESUME:-0}"                         # 1: --load CHECKPOINT_DIR (continue a run)
 TENSORBOARD_DIR="${TENSORBOARD_DIR:-$OUTPUT_DIR/tensorboard}"
 METRICS_FILE="${METRICS_FILE:-$OUTPUT_DIR/metrics.jsonl}"

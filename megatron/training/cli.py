@@ -27,6 +27,17 @@ def _base_type(tp) -> Any:
     return tp
 
 
+def parse_int(text: str) -> int:
+    """An integer flag that also takes ``3e9`` / ``300_000`` notation (token budgets)."""
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        return int(value)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type, title: str) -> argparse._ArgumentGroup:
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
@@ -47,7 +58,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type, title: str) -
             (elem,) = typing.get_args(tp)
             kw.update(nargs="+", type=elem)
         else:
-            kw["type"] = tp
+            kw["type"] = parse_int if tp is int else tp
         if "choices" in field.metadata:
             kw["choices"] = field.metadata["choices"]
         if default is not None and help_text:

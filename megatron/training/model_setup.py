@@ -65,6 +65,9 @@ def transformer_config(
         persist_layer_norm=False,
         apply_rope_fusion=False,
         bias_activation_fusion=use_gpu and not model.swiglu,
+        # gloo mis-pairs batched isend/irecv when both pipeline neighbours are the same rank
+        # (PP=2, interleaved): a CPU run exchanges one message at a time.
+        batch_p2p_comm=use_gpu,
     )
     if model.swiglu:
         kw["activation_func"] = torch.nn.functional.silu

@@ -187,17 +187,33 @@ class Trainer:
         if t.train_tokens is not None:
             bounds.append(math.ceil(t.train_tokens / self.full_step.raw_tokens))
         if t.train_layer_tokens is not None:
-            smallest_k = kept_length(0, self.cfg.random_ltd, m.seq_length) if self.ltd_layers else m.seq_length
-            smallest = StepWork.of(t.global_batch_size, m.seq_length, smallest_k, m.num_layers, self.num_ltd_layers)
-            bounds.append(math.ceil(t.train_layer_tokens / smallest.layer_tokens))
+            bounds.append(self._iterations_for_layer_tokens(t.train_layer_tokens))
         return min(bounds)
+
+    def _iterations_for_layer_tokens(self, budget: int) -> int:
+        """Exact iterations to consume ``budget`` layer-tokens: the kept length is a pure function of
+        the step, so walk the ramp, then divide what is left by the full-length step."""
+        m, t = self.cfg.model, self.cfg.training
+        consumed, it = 0, 0
+        ramp = (self.cfg.random_ltd.require_steps or 0) if self.ltd_layers and self.cfg.random_ltd.constant_k is None else 0
+        if self.ltd_layers and self.cfg.random_ltd.constant_k is not None:
+            step = StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(0), m.num_layers, self.num_ltd_layers)
+            return math.ceil(budget / step.layer_tokens)
+        while it < ramp and consumed < budget:
+            consumed += StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(it), m.num_layers,
+                                    self.num_ltd_layers).layer_tokens
+            it += 1
+        if consumed >= budget:
+            return it
+        last = StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(it), m.num_layers, self.num_ltd_layers)
+        return it + math.ceil((budget - consumed) / last.layer_tokens)
 
     def _num_samples(self) -> List[int]:
         t = self.cfg.training
         gbs = t.global_batch_size
         iters = self._max_train_iters()
-        evals = iters // t.eval_interval + 1
-        return [iters * gbs, evals * t.eval_iters * gbs, t.eval_iters * gbs]
+        # Every evaluation reads the same first --eval-iters batches (comparable curves).
+        return [iters * gbs, t.eval_iters * gbs, t.eval_iters * gbs]
 
     def _iterators(self, dataset, consumed_samples: int) -> List[Iterator]:
         from megatron.data.loader import build_data_loader

@@ -174,7 +174,7 @@ def test_random_ltd_cap_matches_trainer_accounting(files):
     """The launcher writes the kept-length ramp out in Python without torch; it must agree with the
     library's schedule and the trainer's accounting: the header's 372,757, and a non-default case."""
     assert _iterations_to_budget(512, 24, None, 200000, 300 * 10**9 * 24) == BUDGETS["300B"][2]
-    _, args, world = dry_run(RANDOM_LTD, BUDGET="150B", GLOBAL_BATCH="1024", LTD_LAYERS="1 2 3",
+    _, args, world = dry_run(RANDOM_LTD, BUDGET="150B", GLOBAL_BATCH="1024", LTD_LAYERS="1,2,3",
                              LTD_REQUIRE_STEPS="50000", DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
                              CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"])
     cfg = parse_pretrain_config(args, world_size=world)
