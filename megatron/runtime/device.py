@@ -70,14 +70,16 @@ def init_distributed(
     if not torch.distributed.is_initialized():
         rank = int(os.environ.get("RANK", "0"))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        init_method = None
         if "MASTER_ADDR" not in os.environ:
             if world_size != 1:
                 raise RuntimeError(
                     "WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun "
                     "(e.g. `torchrun --nproc-per-node 2 pretrain_gpt.py ...`)."
                 )
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(free_port())
+            # A private rendezvous, not MASTER_ADDR/PORT in os.environ: child processes started
+            # later (tools, tests) must not inherit a port this process holds.
+            init_method = f"tcp://127.0.0.1:{free_port()}"
         world = tensor_model_parallel_size * pipeline_model_parallel_size
         if world_size % world != 0:
             raise ValueError(
@@ -90,6 +92,7 @@ def init_distributed(
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),
+            init_method=init_method,
             **({"device_id": info.device} if info.use_gpu else {}),
         )
     if not parallel_state.model_parallel_is_initialized():
