@@ -60,14 +60,14 @@ class RankContext:
         return parallel_state.get_data_parallel_rank()
 
 
-def _worker(body, rank, world_size, port, tp, pp, vpp, kwargs, result_queue, timeout_s):
+def _worker(body, rank, world_size, port, tp, pp, vpp, kwargs, result_queue, timeout_s, cpu=True):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
-        MEGATRON_LTD_FORCE_CPU="1",
+        MEGATRON_LTD_FORCE_CPU="1" if cpu else "0",
         OMP_NUM_THREADS="1",
     )
     try:
@@ -76,7 +76,7 @@ def _worker(body, rank, world_size, port, tp, pp, vpp, kwargs, result_queue, tim
         torch.set_num_threads(1)
         from megatron.runtime.device import destroy_distributed, init_distributed, set_seed
 
-        init_distributed(tp, pp, virtual_pipeline_model_parallel_size=vpp, force_cpu=True,
+        init_distributed(tp, pp, virtual_pipeline_model_parallel_size=vpp, force_cpu=cpu,
                          timeout_minutes=max(timeout_s / 60.0, 0.5))
         set_seed(1234)
         ctx = RankContext(rank, world_size, tp, pp, world_size // (tp * pp))
@@ -103,8 +103,11 @@ def run_multirank(
     kwargs: Optional[Dict[str, Any]] = None,
     vpp: Optional[int] = None,
     timeout_s: float = 120.0,
+    cpu: bool = True,
 ) -> List[Any]:
-    """Run ``body`` on ``world_size`` ranks; return the per-rank results in rank order."""
+    """Run ``body`` on ``world_size`` ranks; return the per-rank results in rank order.
+
+    ``cpu=False`` uses the GPU (NCCL) when one is visible: one rank per GPU."""
     from megatron.runtime.device import free_port
 
     if world_size % (tp * pp) != 0:
@@ -115,7 +118,7 @@ def run_multirank(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(body, rank, world_size, port, tp, pp, vpp, kwargs or {}, result_queue, timeout_s),
+            args=(body, rank, world_size, port, tp, pp, vpp, kwargs or {}, result_queue, timeout_s, cpu),
             daemon=False,  # megatron-core checkpoint writers start child processes
         )
         for rank in range(world_size)
