@@ -24,6 +24,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import megatron.runtime  # noqa: E402,F401  (quiets megatron-core's optional-dependency notices)
+
 PRESETS = {
     # 6 layers x 192 hidden, seq 128, batch 32: a couple of minutes per run on 2 CPU cores.
     "default": dict(layers=6, hidden=192, heads=4, seq=128, mbs=16, gbs=32, iters=150, lr=1.5e-3,
@@ -58,7 +60,7 @@ def train_args(p: dict, data: dict, run_dir: str, ltd: bool) -> list:
         "--seq-length", p["seq"], "--max-position-embeddings", p["seq"],
         "--micro-batch-size", p["mbs"], "--global-batch-size", p["gbs"], "--train-iters", p["iters"],
         "--hidden-dropout", 0.0, "--attention-dropout", 0.0, "--weight-decay", 0.01, "--clip-grad", 1.0,
-        "--adam-beta2", 0.95, "--lr", p["lr"], "--min-lr", p["lr"] / 10, "--lr-decay-style", "cosine",
+        "--adam-beta2", 0.95, "--lr", f"{p['lr']:g}", "--min-lr", f"{p['lr'] / 10:g}", "--lr-decay-style", "cosine",
         # LayerToken LR: warmup 5% and cosine decay over this run's own layer-tokens.
         "--lr-schedule-unit", "layer-tokens", "--lr-warmup-tokens", total // 20, "--lr-decay-tokens", total,
         "--tokenizer-type", data["tokenizer_type"], "--tokenizer-model", data["tokenizer_model"],

@@ -8,3 +8,4 @@ import warnings
 
 warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).*(not installed|Falling back).*")
 warnings.filterwarnings("ignore", message=r".*Apex is not installed.*")
+warnings.filterwarnings("ignore", message=r".*full scope is deprecated.*")  # megatron-core's own default

@@ -7,7 +7,7 @@ checks that span areas live in :func:`megatron.training.arguments.validate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 LR_UNITS = ("iterations", "samples", "tokens", "layer-tokens", "layer-averaged-tokens")
 
@@ -217,7 +217,7 @@ class PretrainConfig:
     extra: dict = field(default_factory=dict)
 
     # Fields whose change makes a checkpoint's weights meaningless for this run.
-    MODEL_FLAGS_THAT_MUST_MATCH: tuple = (
+    MODEL_FLAGS_THAT_MUST_MATCH: ClassVar[tuple] = (
         "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
         "kv_channels", "max_position_embeddings", "position_embedding_type", "normalization", "swiglu",
         "disable_bias_linear", "untie_embeddings_and_output_weights",

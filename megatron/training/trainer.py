@@ -153,8 +153,10 @@ class Trainer:
 
     def _load(self) -> None:
         ck = self.cfg.checkpoint
+        # Only flags that change what the weights mean must match (dropout, init, seq length may change).
+        must_match = {k: v for k, v in self.model_flags.items() if k in self.cfg.MODEL_FLAGS_THAT_MUST_MATCH}
         state = checkpointing.load_checkpoint(
-            ck.load, self.models, self.optimizer, self.scheduler, self.model_flags, self.layout,
+            ck.load, self.models, self.optimizer, self.scheduler, must_match, self.layout,
             load_optim=ck.load_optim and not ck.finetune, load_rng=ck.load_rng and not ck.finetune,
             distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
         )

@@ -36,8 +36,8 @@ WORDS = ("the cat dog sat on mat ran far away house tree river blue green small 
          "jumps over lazy model data token layer train drop keep sample").split()
 
 
-def run_bert(args, nproc=1, check=True, timeout=120):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MEGATRON_LTD_FORCE_CPU="1", PYTHONPATH=str(ROOT))
+def run_bert(args, nproc=1, check=True, timeout=120, env=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MEGATRON_LTD_FORCE_CPU="1", PYTHONPATH=str(ROOT), **(env or {}))
     env.pop("MEGATRON_LTD_CRASH_AT", None)
     head = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                  f"--nproc-per-node={nproc}"]
@@ -153,8 +153,9 @@ def test_mock_data_no_binary_head_runs(tmp_path):
 
 
 def test_sequence_parallel_is_refused_by_the_entry(corpus):
+    # WORLD_SIZE as torchrun would set it: the flags are checked before any process group exists.
     proc = run_bert(TINY_BERT + corpus + ["--tensor-model-parallel-size", "2", "--sequence-parallel",
-                                          "--train-iters", "2"], check=False)
+                                          "--train-iters", "2"], check=False, env={"WORLD_SIZE": "2"})
     assert proc.returncode != 0
     assert "pretrain_bert.py: error: --sequence-parallel is not supported for BERT" in proc.stderr
 
@@ -219,3 +220,45 @@ def test_launchers_refuse_missing_inputs(tmp_path):
         proc = subprocess.run(["bash", str(script)], env=dict(os.environ, DRY_RUN="1", DATA_PATH="", VOCAB_FILE=""),
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode != 0 and "DATA_PATH" in proc.stderr
+
+
+def test_forward_step_hands_the_plan_to_the_encoder():
+    """BertModel.forward cannot pass the plan on; forward_step attaches it to the encoder call of the
+    unwrapped model (through DDP/Float16Module-style ``.module`` wrappers) and only for that call."""
+    from megatron.training.bert import forward_step
+
+    seen = []
+
+    class Encoder(torch.nn.Module):
+        def forward(self, hidden_states=None, attention_mask=None, context_mask=None):
+            seen.append(context_mask)
+            return hidden_states
+
+    class Bert(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+
+        def forward(self, input_ids, attention_mask, tokentype_ids=None, lm_labels=None):
+            self.encoder(hidden_states=input_ids, attention_mask=attention_mask)
+            assert tokentype_ids is None or (tokentype_ids[attention_mask == 0] == 0).all()
+            return torch.zeros(input_ids.shape), torch.zeros(input_ids.shape[0], 2)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    model = Wrapper(Wrapper(Bert()))
+    pad = 3  # megatron-core fills padding_mask and types with the pad id at padded positions
+    batch = {"text": torch.ones(2, 4, dtype=torch.long), "types": torch.tensor([[0, 1, pad, pad]] * 2),
+             "padding_mask": torch.tensor([[1, 1, pad, pad]] * 2), "labels": torch.zeros(2, 4, dtype=torch.long),
+             "loss_mask": torch.ones(2, 4), "is_random": torch.tensor([0, 1])}
+    plan = torch.tensor([[[0, 1], [1, 2]]])
+    forward_step(batch, model, plan)
+    forward_step(batch, model, None)
+    model(batch["text"], torch.ones(2, 4))
+    assert seen[0] is plan and seen[1] is None and seen[2] is None
