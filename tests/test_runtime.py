@@ -88,3 +88,23 @@ def body_norm_tags(ctx, sequence_parallel):
 def test_norm_marks_params_for_sequence_parallel_reduction():
     assert run_multirank(body_norm_tags, world_size=2, tp=2, kwargs={"sequence_parallel": True})[0] == [True, True]
     assert run_multirank(body_norm_tags, world_size=1, kwargs={"sequence_parallel": False})[0] == [False, False]
+
+
+def body_fully_masked_rows(ctx):
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron.models.attention import SDPACoreAttention
+    from tests.model_utils import tiny_config
+
+    s, b, n, d = 6, 2, 4, 8
+    q, k, v = (torch.randn(s, b, n, d, dtype=torch.float64) for _ in range(3))
+    pad = torch.zeros(b, 1, 1, s, dtype=torch.bool)
+    pad[0] = True  # sample 0: every key is padding
+    out = SDPACoreAttention(tiny_config(), 1, AttnMaskType.padding, "self")(q, k, v, pad)
+    ref = _reference_attention(q[:, 1:], k[:, 1:], v[:, 1:], pad[1:].expand(1, 1, s, s))
+    return bool(torch.isfinite(out).all()), float((out[:, 1:] - ref).abs().max())
+
+
+def test_fully_masked_rows_stay_finite_and_other_samples_are_unaffected():
+    finite, err = run_multirank(body_fully_masked_rows, world_size=1)[0]
+    assert finite and err < 1e-10

@@ -80,6 +80,10 @@ class SDPACoreAttention(MegatronModule):
         sdpa_mask = None
         if attention_mask is not None:
             sdpa_mask = ~attention_mask.to(torch.bool)  # megatron: True = masked; SDPA: True = keep
+            # A row with no key to attend to (a BERT sample whose kept tokens are all padding under
+            # random-LTD) makes some SDPA kernels return NaN; let such rows attend everywhere.
+            # Their outputs sit at padded positions, which carry no loss.
+            sdpa_mask = sdpa_mask | ~sdpa_mask.any(dim=-1, keepdim=True)
         dropout_p = self.dropout_p if self.training else 0.0
         if dropout_p > 0.0 and not self.config.sequence_parallel:
             # Heads are split across TP ranks: each rank needs its own dropout stream.

@@ -74,6 +74,19 @@ def build_gpt_model(
     )
 
 
+class PaddingMaskBertModel(BertModel):
+    """megatron-core's BertModel with its mask layout fixed to ``[b, 1, 1, s]``.
+
+    BertModel picks the mask layout by inspecting the layer spec and, for any core attention other
+    than its own, by asking TransformerEngine's version, which fails without TE; it also expects a
+    layer spec where we give a block spec. Our SDPA core attention takes a broadcastable padding
+    mask and the random-LTD layer gathers ``[b, 1, 1, s]`` to ``[b, 1, 1, k]``, so no
+    ``[b, 1, s, s]`` mask is ever built. Parameters and state-dict keys are unchanged."""
+
+    def _sanity_check_attention_and_get_attn_mask_dimension(self) -> str:
+        return "b11s"
+
+
 def build_bert_model(
     config: TransformerConfig,
     vocab_size: int,
@@ -93,7 +106,7 @@ def build_bert_model(
             "TransformerEngine or apex for it. Drop --sequence-parallel for BERT."
         )
     pre_process, post_process = _stage_flags(pre_process, post_process, vp_stage)
-    return BertModel(
+    return PaddingMaskBertModel(
         config=config,
         num_tokentypes=num_tokentypes,
         transformer_layer_spec=decoder_spec(config, bert_layer_spec, ltd_layers, vp_stage),

@@ -51,46 +51,23 @@ def _num_tokentypes(cfg) -> int:
     return 2 if cfg.data.bert_binary_head else 0
 
 
-def _bert_model_class():
-    from megatron.core.models.bert.bert_model import BertModel
-
-    class PaddingMaskBertModel(BertModel):
-        """megatron-core's BertModel with its mask layout fixed to ``[b, 1, 1, s]``.
-
-        BertModel picks the mask layout by inspecting the layer spec and, for any core attention
-        other than its own, by asking TransformerEngine's version, which fails without TE; it also
-        expects a layer spec where our builders give a block spec. Our SDPA core attention takes a
-        broadcastable padding mask, and the random-LTD layer gathers ``[b, 1, 1, s]`` to
-        ``[b, 1, 1, k]``, so no ``[b, 1, s, s]`` mask is ever built. Parameters are unchanged."""
-
-        def _sanity_check_attention_and_get_attn_mask_dimension(self) -> str:
-            return "b11s"
-
-    return PaddingMaskBertModel
-
-
 def build_model(cfg, vocab_size, tconfig, pre_process, post_process, vp_stage, ltd_layers):
-    """Our BERT for this pipeline stage. Same arguments as
-    :func:`megatron.models.builders.build_bert_model`, which cannot construct a BertModel with
-    megatron-core 0.16.1 and no TransformerEngine (see :func:`_bert_model_class`)."""
-    from megatron.models.builders import _stage_flags, decoder_spec
-    from megatron.models.specs import bert_layer_spec
+    """Our BERT for this pipeline stage (random-LTD layers when ``ltd_layers``)."""
+    from megatron.models.builders import build_bert_model
 
     if tconfig.sequence_parallel:
         raise BertConfigError("--sequence-parallel is not supported for BERT (its LM-head norm needs TransformerEngine/apex)")
     m = cfg.model
-    pre_process, post_process = _stage_flags(pre_process, post_process, vp_stage)
-    return _bert_model_class()(
-        config=tconfig,
-        num_tokentypes=_num_tokentypes(cfg),
-        transformer_layer_spec=decoder_spec(tconfig, bert_layer_spec, ltd_layers, vp_stage),
+    return build_bert_model(
+        tconfig,
         vocab_size=vocab_size,
         max_sequence_length=m.max_position_embeddings,
+        num_tokentypes=_num_tokentypes(cfg),
+        add_binary_head=cfg.data.bert_binary_head,
+        position_embedding_type=m.position_embedding_type,
+        ltd_layers=ltd_layers,
         pre_process=pre_process,
         post_process=post_process,
-        share_embeddings_and_output_weights=True,
-        position_embedding_type=m.position_embedding_type,
-        add_binary_head=cfg.data.bert_binary_head,
         vp_stage=vp_stage,
     )
 
