@@ -299,7 +299,8 @@ class Trainer:
         add_step(self.counters, work)
         lr = self.optimizer.param_groups[0]["lr"]
         return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "kept_length": k, "skipped": 0.0 if ok else 1.0, "step_flops": self._step_flops(k)}
+                "kept_length": k, "skipped": 0.0 if ok else 1.0, "step_flops": self._step_flops(k),
+                "loss_scale": float(self.optimizer.get_loss_scale()) if self.cfg.precision.fp16 else None}
 
     def _step_flops(self, k: int) -> float:
         m, tc = self.cfg.model, self.tconfig
@@ -335,7 +336,7 @@ class Trainer:
         iterators = self._iterators(self.train_ds, self.counters.samples)
         start_it = self.counters.iteration
         self._print_header()
-        log_t0, log_tokens, log_flops, log_iters = time.time(), 0, 0.0, 0
+        log_t0, log_tokens, log_flops, log_iters, log_skipped = time.time(), 0, 0.0, 0, 0
         run_t0 = time.time()
         last: Dict[str, float] = {}
         stop_reason = reached_budget(self.counters, t)
@@ -344,6 +345,7 @@ class Trainer:
             it = self.counters.iteration
             checkpointing._maybe_crash("iteration", it)  # fault injection for the resume tests
             log_iters += 1
+            log_skipped += int(last["skipped"])
             log_tokens += self.full_step.raw_tokens
             log_flops += last["step_flops"]
             self.logger.advance()
@@ -353,11 +355,13 @@ class Trainer:
                 values = {
                     "loss": last["loss"], "lr": last["lr"], "grad_norm": last["grad_norm"], "kept_length": last["kept_length"],
                     "tokens_per_s": log_tokens / elapsed, "tflops_per_device": log_flops / elapsed / world / 1e12,
-                    "s_per_iter": elapsed / log_iters,
+                    "s_per_iter": elapsed / log_iters, "skipped_steps": log_skipped,
                 }
+                if last["loss_scale"] is not None:
+                    values["loss_scale"] = last["loss_scale"]
                 self._log_line(it, values, elapsed / log_iters)
                 self.logger.record("train", it, values, self._x_axes(time.time() - run_t0))
-                log_t0, log_tokens, log_flops, log_iters = time.time(), 0, 0.0, 0
+                log_t0, log_tokens, log_flops, log_iters, log_skipped = time.time(), 0, 0.0, 0, 0
             if it % t.eval_interval == 0:
                 self._eval_and_log(it, time.time() - run_t0)
             stop_reason = reached_budget(self.counters, t)
@@ -407,6 +411,8 @@ class Trainer:
             f"grad norm {v['grad_norm']:.3f} | tokens {c.raw_tokens:,} | layer-tokens {c.layer_tokens:,} | "
             f"{v['tokens_per_s']:,.0f} tok/s | {v['tflops_per_device']:.3f} TFLOP/s/dev | {s_per_iter * 1000:.0f} ms/it | "
             f"{memory_summary(self.device)}"
+            + (f" | loss scale {v['loss_scale']:.0f}" if "loss_scale" in v else "")
+            + (f" | {v['skipped_steps']} steps skipped (fp16 overflow)" if v.get("skipped_steps") else "")
         )
 
     def _print_header(self) -> None:
