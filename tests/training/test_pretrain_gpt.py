@@ -51,7 +51,8 @@ def test_layer_token_lr_follows_its_formula_while_kept_length_changes(tmp_path):
     warmup, decay = 3000, 12000
     run_pretrain(TINY_GPT + LTD + ["--train-iters", "14", "--lr-schedule-unit", "layer-tokens",
                                    "--lr-warmup-tokens", str(warmup), "--lr-decay-tokens", str(decay),
-                                   "--metrics-file", metrics])
+                                   "--metrics-file", metrics, "--tensorboard-dir", str(tmp_path / "tb")])
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
     rows = read_metrics(metrics)
     assert len({r["kept_length"] for r in rows}) >= 3  # the ramp really moves
     consumed = 0
@@ -107,6 +108,11 @@ def test_checkpoint_with_other_model_flags_is_refused(tmp_path):
     # switched on when resuming a baseline checkpoint.
     ok = run_pretrain(TINY_GPT + LTD + ["--train-iters", "3", "--load", ck, "--hidden-dropout", "0.2"])
     assert "loaded" in ok.stdout and "iteration 2" in ok.stdout
+    # Another tensor-parallel layout is refused with the flag named and the way out.
+    other = run_pretrain(TINY_GPT + ["--train-iters", "4", "--load", ck, "--tensor-model-parallel-size", "2"], nproc=2, check=False)
+    assert other.returncode != 0
+    out = other.stdout + other.stderr
+    assert "--tensor-model-parallel-size 1, this run uses 2" in out and "convert_checkpoint.py" in out
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
