@@ -145,12 +145,15 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
             raise ConfigError(str(e)) from e
         if ltd.seed is None:
             ltd.seed = t.seed
-    if t.train_layer_tokens is not None and t.train_layer_tokens <= 0:
-        raise ConfigError("--train-layer-tokens must be positive")
+    for name in ("train_tokens", "train_layer_tokens", "train_layer_averaged_tokens", "train_samples", "train_iters"):
+        value = getattr(t, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     lr = cfg.lr
     if lr.lr_schedule_unit in ("tokens", "layer-tokens", "layer-averaged-tokens") and lr.lr_decay_tokens is None:
-        budget = {"tokens": t.train_tokens, "layer-tokens": t.train_layer_tokens}.get(lr.lr_schedule_unit)
-        if lr.lr_schedule_unit == "layer-averaged-tokens" and t.train_layer_tokens is not None:
+        budget = {"tokens": t.train_tokens, "layer-tokens": t.train_layer_tokens,
+                  "layer-averaged-tokens": t.train_layer_averaged_tokens}.get(lr.lr_schedule_unit)
+        if lr.lr_schedule_unit == "layer-averaged-tokens" and budget is None and t.train_layer_tokens is not None:
             budget = t.train_layer_tokens // m.num_layers
         if budget is None and t.train_iters is None and t.train_samples is None:
             raise ConfigError(f"--lr-schedule-unit {lr.lr_schedule_unit} needs --lr-decay-tokens or a training length")

@@ -101,6 +101,8 @@ class TrainingConfig:
     train_samples: Optional[int] = field(default=None, metadata=_m("Stop after this many samples."))
     train_tokens: Optional[int] = field(default=None, metadata=_m("Stop after this many raw tokens."))
     train_layer_tokens: Optional[int] = field(default=None, metadata=_m("Stop after this many layer-tokens (random-LTD budget)."))
+    train_layer_averaged_tokens: Optional[int] = field(
+        default=None, metadata=_m("Stop after this many layer-averaged tokens (layer-tokens / L): Megatron-DeepSpeed's random-LTD --train-tokens."))
     exit_interval: Optional[int] = field(default=None, metadata=_m("Save and exit when the iteration is a multiple of this."))
     seed: int = field(default=1234, metadata=_m("Random seed."))
     optimizer: str = field(default="adam", metadata=_m("Optimizer.", choices=["adam", "sgd"]))
@@ -119,8 +121,10 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
             raise ValueError("--micro-batch-size must be >= 1")
-        if all(v is None for v in (self.train_iters, self.train_samples, self.train_tokens, self.train_layer_tokens)):
-            raise ValueError("give a training length: --train-iters, --train-samples, --train-tokens or --train-layer-tokens")
+        lengths = (self.train_iters, self.train_samples, self.train_tokens, self.train_layer_tokens, self.train_layer_averaged_tokens)
+        if all(v is None for v in lengths):
+            raise ValueError("give a training length: --train-iters, --train-samples, --train-tokens, --train-layer-tokens "
+                             "or --train-layer-averaged-tokens")
         if self.train_iters is not None and self.train_samples is not None:
             raise ValueError("--train-iters and --train-samples are mutually exclusive")
         if self.recompute_method is not None and self.recompute_granularity != "full":

@@ -3,6 +3,7 @@ needs (``pretrain_gpt.py`` only wires these together)."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import torch
@@ -30,8 +31,18 @@ def build_model(cfg, vocab_size, tconfig, pre_process, post_process, vp_stage, l
     )
 
 
+class _NoMockCacheNotice(logging.Filter):
+    """megatron-core notes on every rank that mock datasets have no index cache; nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "because path_to_cache is None" not in record.getMessage()
+
+
 def build_datasets(cfg, tokenizer, num_samples):
     from megatron.data.providers import build_gpt_datasets
+
+    if cfg.data.mock_data:
+        logging.getLogger("megatron.core.datasets.gpt_dataset").addFilter(_NoMockCacheNotice())
 
     return build_gpt_datasets(cfg.data, tokenizer, cfg.model.seq_length, num_samples, cfg.training.seed)
 

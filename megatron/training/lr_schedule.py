@@ -77,7 +77,8 @@ def add_step(counters: TokenCounters, work: StepWork) -> None:
     counters.layer_averaged_tokens += work.layer_averaged_tokens
 
 
-def schedule_lengths(lr: LRConfig, training: TrainingConfig, model: ModelConfig, full_step: StepWork) -> tuple:
+def schedule_lengths(lr: LRConfig, training: TrainingConfig, model: ModelConfig, full_step: StepWork,
+                     max_iters: Optional[int] = None) -> tuple:
     """(warmup, decay) lengths in ``lr.lr_schedule_unit``.
 
     Decay defaults to the training length in that unit: an explicit budget in the unit when one
@@ -95,7 +96,7 @@ def schedule_lengths(lr: LRConfig, training: TrainingConfig, model: ModelConfig,
         decay = lr.lr_decay_tokens
         warmup = lr.lr_warmup_tokens or 0
     if decay is None:
-        decay = _training_length(unit, training, model, full_step)
+        decay = _training_length(unit, training, model, full_step, max_iters)
     if lr.lr_warmup_fraction is not None:
         warmup = int(lr.lr_warmup_fraction * decay)
     if warmup >= decay:
@@ -103,14 +104,19 @@ def schedule_lengths(lr: LRConfig, training: TrainingConfig, model: ModelConfig,
     return int(warmup), int(decay)
 
 
-def _training_length(unit: str, t: TrainingConfig, m: ModelConfig, full_step: StepWork) -> int:
+def _training_length(unit: str, t: TrainingConfig, m: ModelConfig, full_step: StepWork,
+                     max_iters: Optional[int] = None) -> int:
     if unit == "tokens" and t.train_tokens is not None:
         return t.train_tokens
     if unit == "layer-tokens" and t.train_layer_tokens is not None:
         return t.train_layer_tokens
+    if unit == "layer-averaged-tokens" and t.train_layer_averaged_tokens is not None:
+        return t.train_layer_averaged_tokens
     if unit == "layer-averaged-tokens" and t.train_layer_tokens is not None:
         return t.train_layer_tokens // m.num_layers
     iters = train_iterations_upper_bound(t, full_step)
+    if iters is None:
+        iters = max_iters  # a budget in another unit, converted by the trainer (exact for the ramp)
     if iters is None:
         raise ValueError(f"cannot derive the LR decay length in {unit}: give --lr-decay-* or --train-iters/--train-samples")
     return iters * full_step.amount(unit)
@@ -154,4 +160,6 @@ def reached_budget(counters: TokenCounters, t: TrainingConfig) -> Optional[str]:
         return f"--train-tokens {t.train_tokens}"
     if t.train_layer_tokens is not None and counters.layer_tokens >= t.train_layer_tokens:
         return f"--train-layer-tokens {t.train_layer_tokens}"
+    if t.train_layer_averaged_tokens is not None and counters.layer_averaged_tokens >= t.train_layer_averaged_tokens:
+        return f"--train-layer-averaged-tokens {t.train_layer_averaged_tokens}"
     return None

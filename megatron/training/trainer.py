@@ -109,7 +109,7 @@ class Trainer:
         )
         self.optimizer = get_megatron_optimizer(opt_cfg, self.models)
         self.full_step = StepWork.of(t.global_batch_size, m.seq_length, m.seq_length, m.num_layers, self.num_ltd_layers)
-        warmup, decay = schedule_lengths(cfg.lr, t, m, self.full_step)
+        warmup, decay = schedule_lengths(cfg.lr, t, m, self.full_step, max_iters=self._max_train_iters())
         self.scheduler = build_scheduler(self.optimizer, cfg.lr, warmup, decay, t.weight_decay)
         self.lr_lengths = (warmup, decay)
 
@@ -190,6 +190,9 @@ class Trainer:
             bounds.append(math.ceil(t.train_tokens / self.full_step.raw_tokens))
         if t.train_layer_tokens is not None:
             bounds.append(self._iterations_for_layer_tokens(t.train_layer_tokens))
+        if t.train_layer_averaged_tokens is not None:
+            # Per-step floors make layer-averaged slightly less than layer-tokens / L: one spare step covers it.
+            bounds.append(self._iterations_for_layer_tokens(t.train_layer_averaged_tokens * m.num_layers) + 1)
         return min(bounds)
 
     def _iterations_for_layer_tokens(self, budget: int) -> int:
@@ -277,6 +280,19 @@ class Trainer:
         torch.distributed.all_reduce(buf)
         return float(buf[0] / buf[1]) if buf[1] > 0 else float("nan")
 
+    def _reduce_all_keys(self, losses: List[Dict]) -> Dict[str, float]:
+        """Every reported loss term (e.g. BERT's lm and sop losses), averaged over the data-parallel
+        ranks of the last stage. Only last-stage ranks hold losses, and only they take part."""
+        from megatron.core import parallel_state as ps
+
+        if not losses:
+            return {}
+        keys = list(losses[0])
+        local = torch.stack([torch.stack([d[k].float() for d in losses]).mean() for k in keys]).to(torch.float64)
+        torch.distributed.all_reduce(local, group=ps.get_data_parallel_group())
+        local /= ps.get_data_parallel_world_size()
+        return {k.replace(" ", "_"): float(v) for k, v in zip(keys, local)}
+
     def train_step(self, data_iterators) -> Dict[str, float]:
         it = self.counters.iteration
         k = self.kept_length(it)
@@ -289,6 +305,7 @@ class Trainer:
         self.optimizer.zero_grad()
         losses = self._run_schedule(data_iterators, self._forward_step_fn(it, k), False, self.num_microbatches)
         loss = self._reduce_loss(losses)
+        terms = self._reduce_all_keys(losses) if len(losses) and len(losses[0]) > 1 else {}
         if not math.isfinite(loss):
             where = f"the last good checkpoint is {self.last_save_iteration or self.loaded_from or 'none (no --save)'}"
             raise TrainingDiverged(
@@ -300,7 +317,8 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "kept_length": k, "skipped": 0.0 if ok else 1.0, "step_flops": self._step_flops(k),
-                "loss_scale": float(self.optimizer.get_loss_scale()) if self.cfg.precision.fp16 else None}
+                "loss_scale": float(self.optimizer.get_loss_scale()) if self.cfg.precision.fp16 else None,
+                "terms": terms}
 
     def _step_flops(self, k: int) -> float:
         m, tc = self.cfg.model, self.tconfig
@@ -359,6 +377,7 @@ class Trainer:
                 }
                 if last["loss_scale"] is not None:
                     values["loss_scale"] = last["loss_scale"]
+                values.update(last["terms"])  # the separate loss terms, when the task reports several
                 self._log_line(it, values, elapsed / log_iters)
                 self.logger.record("train", it, values, self._x_axes(time.time() - run_t0))
                 log_t0, log_tokens, log_flops, log_iters, log_skipped = time.time(), 0, 0.0, 0, 0
@@ -413,6 +432,7 @@ class Trainer:
             f"{memory_summary(self.device)}"
             + (f" | loss scale {v['loss_scale']:.0f}" if "loss_scale" in v else "")
             + (f" | {v['skipped_steps']} steps skipped (fp16 overflow)" if v.get("skipped_steps") else "")
+            + "".join(f" | {k.replace('_', ' ')} {x:.4f}" for k, x in v.items() if k.endswith("_loss"))
         )
 
     def _print_header(self) -> None:

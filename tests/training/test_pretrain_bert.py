@@ -94,6 +94,9 @@ def test_bert_random_ltd_trains(single_run):
     _assert_trains(rows, 20)
     assert "BERT 4 layers" in stdout and "random-LTD on layers [1, 2]" in stdout
     assert "[valid]" in stdout
+    # Both loss terms are logged, and the logged loss is the masked-LM one.
+    for r in rows:
+        assert r["loss"] == r["lm_loss"] and r["total_loss"] == pytest.approx(r["lm_loss"] + r["sop_loss"], rel=1e-5)
 
 
 def test_bert_tp2_random_ltd_trains_like_one_process(corpus, single_run, tmp_path):

@@ -127,3 +127,13 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with open(os.path.join(ck, "latest_checkpointed_iteration.txt")) as f:
         last = int(f.read())
     assert os.path.isdir(os.path.join(ck, f"iter_{last:07d}"))
+
+
+def test_layer_averaged_token_budget_stops_where_it_is_reached(tmp_path):
+    metrics = str(tmp_path / "m.jsonl")
+    budget = 3000  # layer-averaged tokens: per step 8*(32*2 + k*2)//4 with k ramping 8 -> 32
+    run_pretrain(TINY_GPT + LTD + ["--train-layer-averaged-tokens", str(budget), "--metrics-file", metrics])
+    rows = read_metrics(metrics)
+    assert rows[-1]["layer_averaged_tokens"] >= budget > rows[-2]["layer_averaged_tokens"]
+    summary = read_metrics(metrics, kind="summary")[-1]
+    assert summary["iterations"] == rows[-1]["iteration"]
