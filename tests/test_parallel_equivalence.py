@@ -105,7 +105,6 @@ def test_dp2_distributed_optimizer_with_clipping_matches_dp1():
         assert o["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
         assert max_rel_diff(o["params"], ref["params"]) < 1e-5
     # The step moved the weights (the comparison is not trivially of unchanged parameters).
-    from tests.multirank import run_multirank as _r  # noqa: F401
     init = run_multirank(body_initial_params, world_size=1)[0]
     assert max_rel_diff(ref["params"], init) > 1e-4
 

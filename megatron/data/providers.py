@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from megatron.data.atomic import check_prefix
-from megatron.data.config import Blend, DataConfig
+from megatron.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 

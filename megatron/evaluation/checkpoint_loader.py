@@ -34,7 +34,9 @@ import torch
 from megatron.training.checkpointing import (
     TRACKER,
     CheckpointError,
+    atomic_write_text,
     complete_iterations,
+    durable_torch_save,
     iter_dir,
     latest_iteration,
     rank_dir_name,
@@ -258,7 +260,7 @@ def load_for_inference(
     checkpoint's is refused with the names. ``seq_length``: the evaluation window (default: the
     checkpoint's). ``tokenizer_config``: replaces the saved tokenizer (e.g. a moved model file).
     """
-    from megatron.models.builders import build_gpt_model
+    from megatron.training.gpt import gpt_model_from_flags
     from megatron.training.config import ModelConfig, ParallelConfig, PrecisionConfig
     from megatron.training.model_setup import transformer_config
 
@@ -285,18 +287,7 @@ def load_for_inference(
         if word is None:
             raise CheckpointError("checkpoint has neither padded_vocab_size nor word embeddings: damaged")
         vocab = int(word.shape[0])
-    model = build_gpt_model(
-        tcfg,
-        vocab_size=int(vocab),
-        max_sequence_length=int(model_cfg.max_position_embeddings),
-        position_embedding_type=model_cfg.position_embedding_type,
-        share_embeddings_and_output_weights=not model_cfg.untie_embeddings_and_output_weights,
-        rotary_percent=model_cfg.rotary_percent,
-        rotary_base=model_cfg.rotary_base,
-        ltd_layers=None,
-        pre_process=True,
-        post_process=True,
-    )
+    model = gpt_model_from_flags(model_cfg, tcfg, int(vocab))
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
@@ -341,34 +332,18 @@ def write_merged_checkpoint(load_dir: str, save_dir: str, iteration: Optional[in
         "scheduler": None,
         "trainer": src_rank.get("trainer"),
     }
-    _save(state, os.path.join(rank_dir, _RANK_FILE))
+    durable_torch_save(state, os.path.join(rank_dir, _RANK_FILE))
     new_meta = dict(meta)
     new_meta["layout"] = dict(meta.get("layout", {}), tp=1, pp=1, dp=1, vpp=None)
     new_meta["converted_from"] = {"load": os.path.abspath(load_dir), "layout": meta.get("layout")}
     new_meta["distributed_optimizer"] = False
     new_meta["complete"] = True
-    _write_text(os.path.join(partial, "metadata.json"), json.dumps(new_meta, indent=1, sort_keys=True))
+    atomic_write_text(os.path.join(partial, "metadata.json"), json.dumps(new_meta, indent=1, sort_keys=True))
     if os.path.isdir(final):
         shutil.rmtree(final)
     os.rename(partial, final)
-    _write_text(os.path.join(save_dir, TRACKER), str(iteration))
+    atomic_write_text(os.path.join(save_dir, TRACKER), str(iteration))
     return final
-
-
-def _save(obj: Any, path: str) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def iter_layer_keys(state_dict: Mapping[str, Any]) -> Iterable[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, List, Mapping, Sequence
 
 __all__ = ["write_json", "format_table", "format_side_by_side", "METRIC_LABELS"]
 

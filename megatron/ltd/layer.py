@@ -59,7 +59,16 @@ class RandomLTDTransformerLayer(TransformerLayer):
         **kwargs,
     ):
         plan = context_mask  # the index plan rides in the (otherwise unused) cross-attention mask slot
-        if plan is None or self.ltd_row is None or kwargs.get("inference_context") is not None:
+        sp = self.config.sequence_parallel
+        tp = parallel_state.get_tensor_model_parallel_world_size() if sp else 1
+        seq_length = hidden_states.shape[0] * tp
+        full_length = (
+            plan is None
+            or self.ltd_row is None
+            or kwargs.get("inference_context") is not None
+            or plan.shape[-1] >= seq_length  # the ramp has ended: the dropping path costs nothing
+        )
+        if full_length:
             return super().forward(
                 hidden_states=hidden_states,
                 attention_mask=attention_mask,
@@ -72,19 +81,6 @@ class RandomLTDTransformerLayer(TransformerLayer):
             raise ValueError(
                 f"index plan of shape {tuple(plan.shape)} does not match the {len(self.ltd_layer_numbers)} "
                 f"random-LTD layers {list(self.ltd_layer_numbers)}"
-            )
-        sp = self.config.sequence_parallel
-        tp = parallel_state.get_tensor_model_parallel_world_size() if sp else 1
-        seq_length = hidden_states.shape[0] * tp
-        k = plan.shape[-1]
-        if k >= seq_length:  # the ramp has ended: the dropping path costs nothing
-            return super().forward(
-                hidden_states=hidden_states,
-                attention_mask=attention_mask,
-                context=context,
-                context_mask=None,
-                rotary_pos_emb=rotary_pos_emb,
-                **kwargs,
             )
         idx = plan[self.ltd_row]  # [b, k] global positions
         if sp and tp > 1:

@@ -63,7 +63,7 @@ def _fsync_dir(path: str) -> None:
         pass
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -73,7 +73,7 @@ def _atomic_write_text(path: str, text: str) -> None:
     _fsync_dir(os.path.dirname(path) or ".")
 
 
-def _torch_save(obj: Any, path: str) -> None:
+def durable_torch_save(obj: Any, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         torch.save(obj, f)
@@ -175,22 +175,22 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "trainer": trainer_state,
         }
-        _torch_save(state, os.path.join(rank_dir, "model_optim_rng.pt"))
+        durable_torch_save(state, os.path.join(rank_dir, "model_optim_rng.pt"))
     _maybe_crash("save-model", iteration)
-    _torch_save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
+    durable_torch_save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
     dist.barrier()
 
     if rank == 0:
         meta = dict(metadata, iteration=iteration, complete=True, format_version=FORMAT_VERSION,
                     saved_at=time.strftime("%Y-%m-%d %H:%M:%S"))
-        _atomic_write_text(os.path.join(partial, "metadata.json"), json.dumps(meta, indent=1, sort_keys=True))
+        atomic_write_text(os.path.join(partial, "metadata.json"), json.dumps(meta, indent=1, sort_keys=True))
         _maybe_crash("save-before-rename", iteration)
         if os.path.isdir(final):  # re-saving an iteration (e.g. after a resume): replace it whole
             shutil.rmtree(final)
         os.rename(partial, final)
         _fsync_dir(root)
         _maybe_crash("save-before-tracker", iteration)
-        _atomic_write_text(os.path.join(root, TRACKER), str(iteration))
+        atomic_write_text(os.path.join(root, TRACKER), str(iteration))
         if keep_last:
             _prune(root, keep_last)
     dist.barrier()

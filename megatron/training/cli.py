@@ -73,10 +73,3 @@ def dataclass_from_args(cls: Type[T], args: argparse.Namespace) -> T:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and hasattr(args, f.name)}
     return cls(**values)
 
-
-def flag_of(cls: Type, name: str) -> str:
-    """The command-line flag of a field, for error messages."""
-    for field in dataclasses.fields(cls):
-        if field.name == name:
-            return field.metadata.get("negate", _flag(field))
-    raise KeyError(name)

@@ -7,7 +7,7 @@ checks that span areas live in :func:`megatron.training.arguments.validate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, List, Optional
+from typing import ClassVar, Optional
 
 LR_UNITS = ("iterations", "samples", "tokens", "layer-tokens", "layer-averaged-tokens")
 

@@ -12,10 +12,11 @@ from megatron.ltd.layer import gpt_forward_kwargs
 from megatron.training.trainer import TaskSpec
 
 
-def build_model(cfg, vocab_size, tconfig, pre_process, post_process, vp_stage, ltd_layers):
+def gpt_model_from_flags(m, tconfig, vocab_size, ltd_layers=None, pre_process=None, post_process=None, vp_stage=None):
+    """A GPT for this pipeline stage from the model flags (a ``ModelConfig``); shared by training
+    and by inference loading, so both build exactly the same module."""
     from megatron.models.builders import build_gpt_model
 
-    m = cfg.model
     return build_gpt_model(
         tconfig,
         vocab_size=vocab_size,
@@ -29,6 +30,10 @@ def build_model(cfg, vocab_size, tconfig, pre_process, post_process, vp_stage, l
         post_process=post_process,
         vp_stage=vp_stage,
     )
+
+
+def build_model(cfg, vocab_size, tconfig, pre_process, post_process, vp_stage, ltd_layers):
+    return gpt_model_from_flags(cfg.model, tconfig, vocab_size, ltd_layers, pre_process, post_process, vp_stage)
 
 
 class _NoMockCacheNotice(logging.Filter):

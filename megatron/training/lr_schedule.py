@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from megatron.ltd.schedule import layer_averaged_tokens, layer_tokens, raw_tokens
 from megatron.training.config import LRConfig, ModelConfig, TrainingConfig
 
 
@@ -49,13 +50,12 @@ class StepWork:
 
     @staticmethod
     def of(global_batch: int, seq_length: int, kept_length: int, num_layers: int, num_ltd_layers: int) -> "StepWork":
-        layer_tokens = global_batch * (seq_length * (num_layers - num_ltd_layers) + kept_length * num_ltd_layers)
+        args = (global_batch, seq_length, kept_length, num_layers, num_ltd_layers)
         return StepWork(
             samples=global_batch,
-            raw_tokens=global_batch * seq_length,
-            layer_tokens=layer_tokens,
-            # Megatron-DeepSpeed's per-step floor(samples*(...)/L): identical integer arithmetic.
-            layer_averaged_tokens=layer_tokens // num_layers,
+            raw_tokens=raw_tokens(global_batch, seq_length),
+            layer_tokens=layer_tokens(*args),
+            layer_averaged_tokens=layer_averaged_tokens(*args),  # Megatron-DeepSpeed's per-step floor
             kept_length=kept_length,
         )
 

@@ -95,7 +95,6 @@ def build_model_chunks(
     provider: Callable[..., torch.nn.Module],
     config: TransformerConfig,
     device: torch.device,
-    wrap_for_training: bool = True,
     use_distributed_optimizer: bool = False,
     overlap_grad_reduce: bool = False,
 ) -> List[torch.nn.Module]:
@@ -115,8 +114,6 @@ def build_model_chunks(
     chunks = [m.to(device) for m in chunks]  # no-op where megatron-core allocated on the device
     if config.bf16 or config.fp16:
         chunks = [Float16Module(config, m) for m in chunks]
-    if not wrap_for_training:
-        return chunks
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=overlap_grad_reduce,

@@ -135,7 +135,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
-        return {"counters": self.counters.state_dict(), "random_ltd_layers": self.ltd_layers}
+        return {"counters": self.counters.state_dict()}
 
     def _metadata(self) -> Dict:
         cfg = self.cfg

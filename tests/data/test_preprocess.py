@@ -7,11 +7,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from megatron.data import atomic
-from megatron.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from megatron.data.preprocess import PreprocessConfig, preprocess
 from megatron.data.sentence_splitter import split_sentences
 from megatron.data.tokenizers import TokenizerConfig
 from tests.data.conftest import make_texts, write_jsonl

@@ -11,7 +11,6 @@ from megatron.evaluation.checkpoint_loader import (
     CheckpointError,
     load_for_inference,
     read_merged_state_dict,
-    write_merged_checkpoint,
 )
 from megatron.training.checkpointing import iter_dir, rank_dir_name
 from tests.evaluation.ckpt_utils import body_full_state, body_train_and_save, corpus_tokens, make_corpus
