@@ -177,9 +177,9 @@ class LTDForwardStep:
     """A GPT forward step that makes the random-LTD index plan of each micro-batch from its
     global sample ids (the same way on every rank and layout) and hands it to the model."""
 
-    def __init__(self, layers, k, seq_length, seed=11, iteration=0, stratified_tp=1, attention_mask=None):
+    def __init__(self, layers, k, seq_length, seed=11, iteration=0, strata=1, attention_mask=None, force=False):
         self.layers, self.k, self.seq_length = list(layers), k, seq_length
-        self.seed, self.iteration, self.stratified_tp = seed, iteration, stratified_tp
+        self.seed, self.iteration, self.strata, self.force = seed, iteration, strata, force
         self.attention_mask = attention_mask
         self.plans = []
 
@@ -188,7 +188,7 @@ class LTDForwardStep:
 
         return build_index_plan(
             self.seed, self.iteration, sample_ids, self.layers, self.k, self.seq_length,
-            device=torch.device("cpu"), tp_size=self.stratified_tp, stratified=self.stratified_tp > 1,
+            device=torch.device("cpu"), strata=self.strata, force=self.force,
         )
 
     def __call__(self, data_iterator, model):

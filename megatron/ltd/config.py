@@ -11,7 +11,10 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-__all__ = ["RandomLTDConfig", "add_random_ltd_args", "random_ltd_config_from_args", "parse_layer_list"]
+# Sequence-parallel default: TP sizes 1, 2, 4 and 8 all divide it, so they all drop the same tokens.
+SEQUENCE_PARALLEL_STRATA = 8
+
+__all__ = ["RandomLTDConfig", "SEQUENCE_PARALLEL_STRATA", "add_random_ltd_args", "random_ltd_config_from_args", "parse_layer_list"]
 
 
 @dataclass
@@ -29,6 +32,12 @@ class RandomLTDConfig:
         constant_k: keep exactly this many tokens at every step (finetuning, benchmarks);
             overrides the ramp.
         seed: seed of the index plan; ``None`` means "use the training --seed".
+        strata: the index plan cuts the sequence into this many equal segments and keeps ``k/strata``
+            tokens of each (see :mod:`megatron.ltd.sampler`). ``None``: 1 (a uniform subset of the
+            whole sequence, as in the paper) without sequence parallelism, and
+            :data:`SEQUENCE_PARALLEL_STRATA` with it, a number every supported TP size divides, so
+            the dropped tokens do not depend on the TP size. Give the same value to runs that must
+            drop the same tokens with and without sequence parallelism.
     """
 
     enabled: bool = False
@@ -39,11 +48,18 @@ class RandomLTDConfig:
     seq_step: int = 16
     constant_k: Optional[int] = None
     seed: Optional[int] = None
+    strata: Optional[int] = None
 
     # ------------------------------------------------------------------ derived values
     def resolved_max_seq(self, seq_length: int) -> int:
         """The ramp's end: ``max_seq`` or, when unset, the full sequence length."""
         return seq_length if self.max_seq is None else self.max_seq
+
+    def resolved_strata(self, sequence_parallel: bool = False) -> int:
+        """Strata of the index plan (see ``strata``); never depends on the TP size."""
+        if self.strata is not None:
+            return int(self.strata)
+        return SEQUENCE_PARALLEL_STRATA if sequence_parallel else 1
 
     def resolve_layers(self, num_layers: int) -> List[int]:
         """Sorted GLOBAL layer numbers that drop tokens (default: all but first and last)."""
@@ -101,11 +117,7 @@ class RandomLTDConfig:
                     f"--random-ltd-constant-k ({k}) must be in [1, seq length {s}], e.g. "
                     f"--random-ltd-constant-k {max(s // 2, 1)}"
                 )
-            if sequence_parallel and k % tp:
-                raise ValueError(
-                    f"--random-ltd-constant-k ({k}) must be divisible by the tensor-parallel size "
-                    f"({tp}) under sequence parallelism, e.g. --random-ltd-constant-k {_down(k, tp) or tp}"
-                )
+            self._validate_strata(s, tp, sequence_parallel, (("--random-ltd-constant-k", k),))
             return
 
         # ---- MSLG ramp
@@ -137,19 +149,28 @@ class RandomLTDConfig:
                 f"--random-ltd-require-steps ({self.require_steps}) must be a positive number of steps, "
                 "e.g. --random-ltd-require-steps 200000"
             )
-        if sequence_parallel and tp > 1:
-            # The ramp produces min, multiples of seq_step, and max: all must split evenly over tp.
-            for flag, value in (
-                ("--random-ltd-min-seq", self.min_seq),
-                ("--random-ltd-seq-step", self.seq_step),
-                ("--random-ltd-max-seq", mx),
-            ):
-                if value % tp:
-                    raise ValueError(
-                        f"{flag} ({value}) must be divisible by the tensor-parallel size ({tp}) under "
-                        f"sequence parallelism (each shard keeps k/tp tokens), e.g. {flag} "
-                        f"{_down(value, tp) or tp}"
-                    )
+        # The ramp produces min, multiples of seq_step, and max: each must split evenly into the strata.
+        self._validate_strata(s, tp, sequence_parallel, (("--random-ltd-min-seq", self.min_seq),
+                                                         ("--random-ltd-seq-step", self.seq_step),
+                                                         ("--random-ltd-max-seq", mx)))
+
+    def _validate_strata(self, s: int, tp: int, sequence_parallel: bool, kept_values) -> None:
+        n = self.resolved_strata(sequence_parallel)
+        given = "--random-ltd-strata" if self.strata is not None else f"the sequence-parallel default of {n} strata"
+        if n <= 0:
+            raise ValueError(f"--random-ltd-strata ({n}) must be positive, e.g. --random-ltd-strata 1")
+        if sequence_parallel and tp > 1 and n % tp:
+            raise ValueError(
+                f"{given} ({n}) must be a multiple of --tensor-model-parallel-size ({tp}) under "
+                f"--sequence-parallel (each rank's shard keeps whole strata), e.g. --random-ltd-strata {tp}"
+            )
+        for flag, value in (("--seq-length", s),) + tuple(kept_values):
+            if value % n:
+                raise ValueError(
+                    f"{flag} ({value}) must be divisible by {given} ({n}): each of the {n} segments keeps "
+                    f"k/{n} tokens; e.g. {flag} {_down(value, n) or n}"
+                    + ("" if self.strata is not None else ", or set --random-ltd-strata to a smaller multiple of the TP size")
+                )
 
 
 def _down(value: int, multiple: int) -> int:
@@ -196,6 +217,10 @@ def add_random_ltd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                        help="Keep exactly this many tokens at every step (overrides the ramp).")
     group.add_argument("--random-ltd-seed", type=int, default=None,
                        help="Seed of the token-dropping plan (default: --seed).")
+    group.add_argument("--random-ltd-strata", type=int, default=None,
+                       help="Cut each sequence into this many equal segments, each keeping k/strata tokens "
+                            f"(default: 1, or {SEQUENCE_PARALLEL_STRATA} with --sequence-parallel; "
+                            "any TP size dividing it drops the same tokens).")
     return parser
 
 
@@ -213,4 +238,5 @@ def random_ltd_config_from_args(args: argparse.Namespace) -> RandomLTDConfig:
         seq_step=getattr(args, "random_ltd_seq_step", 16),
         constant_k=getattr(args, "random_ltd_constant_k", None),
         seed=seed,
+        strata=getattr(args, "random_ltd_strata", None),
     )

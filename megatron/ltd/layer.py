@@ -4,7 +4,8 @@
 a parameter or buffer, so its state-dict keys are exactly the stock layer's (a random-LTD
 checkpoint loads into a baseline model and back). A dropping layer
 
-1. picks its row of the micro-batch's index plan (``LongTensor[n_ltd_layers, b, k]``),
+1. picks its row of the micro-batch's index plan (``LongTensor[n_ltd_layers, b, strata, k/strata]``;
+   under sequence parallelism it refuses a plan whose strata do not split over the TP ranks),
 2. gathers the kept tokens of the hidden states (and of the attention mask / rotary angles),
 3. runs the stock layer on those ``k`` tokens (kept tokens attend only to kept tokens; their
    order is preserved, so a causal mask stays causal among them),
@@ -30,7 +31,7 @@ from megatron.core import parallel_state
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megatron.ltd.ops import gather_mask, gather_rotary, gather_tokens, scatter_tokens
-from megatron.ltd.sampler import IndexPlan, local_shard_plan
+from megatron.ltd.sampler import IndexPlan, check_plan_fits, local_shard_plan, plan_strata
 
 
 class RandomLTDTransformerLayer(TransformerLayer):
@@ -62,13 +63,10 @@ class RandomLTDTransformerLayer(TransformerLayer):
         sp = self.config.sequence_parallel
         tp = parallel_state.get_tensor_model_parallel_world_size() if sp else 1
         seq_length = hidden_states.shape[0] * tp
-        full_length = (
-            plan is None
-            or self.ltd_row is None
-            or kwargs.get("inference_context") is not None
-            or plan.shape[-1] >= seq_length  # the ramp has ended: the dropping path costs nothing
-        )
-        if full_length:
+        # No plan means nothing is dropped (the trainer passes None once the ramp has ended, so the
+        # dropping path then costs nothing); a given plan always runs gather/scatter, even one that
+        # keeps every token (which must equal the full-length path exactly).
+        if plan is None or self.ltd_row is None or kwargs.get("inference_context") is not None:
             return super().forward(
                 hidden_states=hidden_states,
                 attention_mask=attention_mask,
@@ -77,16 +75,17 @@ class RandomLTDTransformerLayer(TransformerLayer):
                 rotary_pos_emb=rotary_pos_emb,
                 **kwargs,
             )
-        if plan.dim() != 3 or plan.shape[0] != len(self.ltd_layer_numbers):
+        strata = plan_strata(plan)
+        if plan.shape[0] != len(self.ltd_layer_numbers):
             raise ValueError(
                 f"index plan of shape {tuple(plan.shape)} does not match the {len(self.ltd_layer_numbers)} "
                 f"random-LTD layers {list(self.ltd_layer_numbers)}"
             )
-        idx = plan[self.ltd_row]  # [b, k] global positions
-        if sp and tp > 1:
-            local_idx = local_shard_plan(idx, parallel_state.get_tensor_model_parallel_rank(), tp, seq_length)
-        else:
-            local_idx = idx
+        check_plan_fits(strata, tp)  # a plain or differently stratified plan would gather across shards
+        idx = plan[self.ltd_row].reshape(plan.shape[1], -1)  # [b, k] global positions, sorted
+        if idx.shape[-1] > seq_length:
+            raise ValueError(f"index plan keeps {idx.shape[-1]} tokens of a {seq_length}-token sequence")
+        local_idx = local_shard_plan(idx, parallel_state.get_tensor_model_parallel_rank(), tp, seq_length) if tp > 1 else idx
         kept = gather_tokens(hidden_states, local_idx)
         kept_mask = gather_mask(attention_mask, idx) if attention_mask is not None else None
         kept_rope = None
@@ -107,11 +106,12 @@ class RandomLTDTransformerLayer(TransformerLayer):
 
 
 def plan_tensor(plan) -> Optional[torch.Tensor]:
-    """The tensor that travels with the forward: ``IndexPlan.indices``, a raw tensor, or None."""
+    """The tensor that travels with the forward: ``IndexPlan.tensor()`` (``[rows, b, strata,
+    k/strata]``, so the layer knows how it was stratified), a raw tensor, or None."""
     if plan is None:
         return None
     if isinstance(plan, IndexPlan):
-        return plan.indices
+        return plan.tensor()
     return plan
 
 

@@ -1,15 +1,23 @@
 """The index plan: which ``k`` of the ``s`` tokens each (dropping layer, sample) keeps.
 
-The plan is a PURE function of ``(seed, iteration, global sample id, layer number, k)`` (and, in
-stratified mode, of the number of shards). It uses no torch RNG state and no communication, so every
-tensor-/context-parallel rank, a recomputed forward, a resumed run and any TP/PP/DP layout compute
-the same indices on their own. It is also bit-identical on CPU and CUDA: only integer ops, on values
+The plan is a PURE function of ``(seed, iteration, global sample id, layer number, k, strata)``.
+It uses no torch RNG state and no communication, so every tensor-/context-parallel rank, a
+recomputed forward, a resumed run and any TP/PP/DP layout compute the same indices on their own.
+The number of strata is a setting of the run (``--random-ltd-strata``), never the TP size: a
+sequence-parallel layer splits the sequence into ``tp`` shards, and any ``tp`` that divides the
+number of strata finds whole strata in its shard, so TP=2 and TP=4 drop the same tokens. It is also bit-identical on CPU and CUDA: only integer ops, on values
 kept below 2**49 (no int64 overflow), and the keys of one row are all distinct (no ties to break).
 
 How: every (layer, sample, position) gets a 32-bit key ``mix32(P[pos] ^ row_base)``, where
 ``P = mix32(arange(s))`` and ``row_base`` hashes (seed, iteration, layer, sample id). ``mix32`` is
 a bijection of 32-bit integers, so within a row the keys are distinct; the ``k`` smallest keys are a
 uniform random subset of the positions (without replacement), which is then sorted.
+
+The sampling distribution: with one stratum (the default without sequence parallelism, as in the
+paper), each (layer, sample) keeps a uniformly random ``k``-subset of the ``s`` positions. With
+``S`` strata the sequence is cut into ``S`` equal contiguous segments and each keeps a uniformly
+random ``k/S``-subset of its own positions (independently per segment, layer and sample): every
+position is still kept with probability ``k/s``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["IndexPlan", "make_index_plan", "build_index_plan", "local_shard_plan", "plan_needed"]
+__all__ = ["IndexPlan", "make_index_plan", "build_index_plan", "local_shard_plan", "plan_needed", "check_plan_fits",
+           "plan_strata"]
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
@@ -68,12 +77,12 @@ def plan_needed(k: int, seq_length: int) -> bool:
     return int(k) < int(seq_length)
 
 
-def _check_k(k: int, seq_length: int, tp_size: int, stratified: bool) -> None:
+def _check_k(k: int, seq_length: int, strata: int) -> None:
     if not 0 < k <= seq_length:
         raise ValueError(f"kept length k={k} must be in [1, seq_length={seq_length}]")
-    if stratified and (seq_length % tp_size or k % tp_size):
+    if strata <= 0 or seq_length % strata or k % strata:
         raise ValueError(
-            f"stratified plan needs seq_length ({seq_length}) and k ({k}) divisible by tp_size ({tp_size})"
+            f"a plan of {strata} strata needs seq_length ({seq_length}) and k ({k}) divisible by {strata}"
         )
 
 
@@ -93,8 +102,7 @@ def make_index_plan(
     k: int,
     seq_length: int,
     device: Optional[Union[str, torch.device]] = None,
-    tp_size: int = 1,
-    stratified: bool = False,
+    strata: int = 1,
 ) -> torch.Tensor:
     """Kept positions, ``LongTensor[len(layer_numbers), b, k]``: sorted, unique, in ``[0, s)``.
 
@@ -106,14 +114,14 @@ def make_index_plan(
         layer_numbers: GLOBAL layer numbers, one plan row each.
         k, seq_length: kept and full lengths (``0 < k <= s``).
         device: where to compute (default: ``sample_ids.device``).
-        tp_size, stratified: with ``stratified=True`` the sequence is cut into ``tp_size`` equal
-            contiguous shards and each keeps exactly ``k / tp_size`` of its own positions (sequence
-            parallelism). Indices are still global. ``tp_size`` is ignored when not stratified, and
-            stratified with ``tp_size == 1`` equals the plain plan.
+        strata: the sequence is cut into ``strata`` equal contiguous segments and each keeps
+            exactly ``k / strata`` of its own positions (for sequence parallelism: any TP size that
+            divides ``strata`` finds ``k / tp`` kept tokens in its shard). Indices are still global
+            and sorted. ``strata == 1`` is the plain plan.
     No torch RNG is touched, nothing is communicated, and no value is read back to the host.
     """
-    k, s, tp = int(k), int(seq_length), int(tp_size)
-    _check_k(k, s, tp, stratified)
+    k, s, n = int(k), int(seq_length), int(strata)
+    _check_k(k, s, n)
     device = torch.device(device) if device is not None else sample_ids.device
     layers = [int(n) for n in layer_numbers]
 
@@ -130,12 +138,12 @@ def make_index_plan(
     pos_hash = _mix32(torch.arange(s, dtype=torch.int64, device=device))
     keys = _mix32(pos_hash[None, None, :] ^ base[:, :, None])
 
-    if stratified and tp > 1:
-        shard = s // tp
-        keys = keys.view(len(layers), ids.numel(), tp, shard)
-        local = torch.topk(keys, k // tp, dim=-1, largest=False, sorted=False).indices
+    if n > 1:
+        width = s // n
+        keys = keys.view(len(layers), ids.numel(), n, width)
+        local = torch.topk(keys, k // n, dim=-1, largest=False, sorted=False).indices
         local = local.sort(dim=-1).values
-        offsets = torch.arange(0, s, shard, dtype=torch.int64, device=device).view(1, 1, tp, 1)
+        offsets = torch.arange(0, s, width, dtype=torch.int64, device=device).view(1, 1, n, 1)
         return (local + offsets).reshape(len(layers), ids.numel(), k)
     idx = torch.topk(keys, k, dim=-1, largest=False, sorted=False).indices
     return idx.sort(dim=-1).values
@@ -144,8 +152,10 @@ def make_index_plan(
 def local_shard_plan(plan: torch.Tensor, tp_rank: int, tp_size: int, seq_length: int) -> torch.Tensor:
     """Positions of a stratified plan that fall in shard ``tp_rank``, made local to that shard.
 
-    ``plan`` is ``[..., k]`` from ``make_index_plan(..., tp_size=tp_size, stratified=True)``;
-    returns ``[..., k / tp_size]`` with values in ``[0, s / tp_size)``.
+    ``plan`` is ``[..., k]`` from ``make_index_plan(..., strata=S)`` with ``S`` a multiple of
+    ``tp_size`` (so each shard holds ``S / tp_size`` whole strata and exactly ``k / tp_size`` kept
+    positions, the shard's slice of the sorted plan); returns ``[..., k / tp_size]`` with values in
+    ``[0, s / tp_size)``. The caller checks ``S % tp_size == 0`` (see :func:`plan_strata`).
     """
     tp, s = int(tp_size), int(seq_length)
     k = plan.shape[-1]
@@ -159,15 +169,16 @@ def local_shard_plan(plan: torch.Tensor, tp_rank: int, tp_size: int, seq_length:
 class IndexPlan:
     """The plan of one micro-batch; travels with the forward (and its recomputation).
 
-    ``indices[row]`` is ``LongTensor[b, k]`` for layer ``layer_numbers[row]``.
+    ``indices[row]`` is ``LongTensor[b, k]`` for layer ``layer_numbers[row]``. :meth:`tensor` is
+    what rides with the forward: the same values viewed as ``[rows, b, strata, k/strata]``, so a
+    layer can tell how the plan was stratified and refuse one that does not fit its layout.
     """
 
     indices: torch.Tensor
     k: int
     seq_length: int
     layer_numbers: Tuple[int, ...]
-    tp_size: int = 1
-    stratified: bool = False
+    strata: int = 1
     rows: Dict[int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -178,6 +189,8 @@ class IndexPlan:
         expected = (len(self.layer_numbers), self.k)
         if self.indices.dim() != 3 or (self.indices.shape[0], self.indices.shape[2]) != expected:
             raise ValueError(f"indices of shape {tuple(self.indices.shape)} do not match [{expected[0]}, b, {self.k}]")
+        if self.strata <= 0 or self.k % self.strata or self.seq_length % self.strata:
+            raise ValueError(f"{self.strata} strata do not divide k={self.k} and seq_length={self.seq_length}")
 
     def __contains__(self, layer_number: int) -> bool:
         return int(layer_number) in self.rows
@@ -190,11 +203,33 @@ class IndexPlan:
             raise KeyError(f"layer {layer_number} is not a token-dropping layer of this plan "
                            f"(layers {list(self.layer_numbers)})") from None
 
-    def local_for_layer(self, layer_number: int, tp_rank: int) -> torch.Tensor:
-        """``LongTensor[b, k/tp]`` of shard-local positions (stratified plans, sequence parallel)."""
-        if not self.stratified:
-            raise ValueError("local_for_layer needs a stratified plan")
-        return local_shard_plan(self.for_layer(layer_number), tp_rank, self.tp_size, self.seq_length)
+    def tensor(self) -> torch.Tensor:
+        """``LongTensor[rows, b, strata, k/strata]`` (a view): the plan as it travels with the forward."""
+        rows, b, k = self.indices.shape
+        return self.indices.view(rows, b, self.strata, k // self.strata)
+
+    def local_for_layer(self, layer_number: int, tp_rank: int, tp_size: int) -> torch.Tensor:
+        """``LongTensor[b, k/tp]`` of shard-local positions (sequence parallel over ``tp_size`` ranks)."""
+        check_plan_fits(self.strata, tp_size)
+        return local_shard_plan(self.for_layer(layer_number), tp_rank, tp_size, self.seq_length)
+
+
+def check_plan_fits(strata: int, tp_size: int) -> None:
+    """A sequence-parallel layer over ``tp_size`` ranks needs whole strata in each shard."""
+    if tp_size > 1 and strata % tp_size:
+        raise ValueError(
+            f"an index plan of {strata} strata does not fit sequence parallelism over {tp_size} ranks "
+            f"(each rank's shard must hold whole strata): set --random-ltd-strata to a multiple of {tp_size}"
+        )
+
+
+def plan_strata(plan: torch.Tensor) -> int:
+    """Strata of a travelling plan tensor: ``[rows, b, S, k/S]`` -> ``S``; a plain ``[rows, b, k]`` -> 1."""
+    if plan.dim() == 4:
+        return int(plan.shape[2])
+    if plan.dim() == 3:
+        return 1
+    raise ValueError(f"index plan of shape {tuple(plan.shape)}: expected [rows, b, k] or [rows, b, strata, k/strata]")
 
 
 def build_index_plan(
@@ -205,13 +240,15 @@ def build_index_plan(
     k: int,
     seq_length: int,
     device: Optional[Union[str, torch.device]] = None,
-    tp_size: int = 1,
-    stratified: bool = False,
+    strata: int = 1,
+    force: bool = False,
 ) -> Optional[IndexPlan]:
     """:func:`make_index_plan` wrapped in an :class:`IndexPlan`; ``None`` when nothing is dropped
-    (``k >= s`` or no dropping layers), in which case every layer runs on the full sequence."""
-    if not plan_needed(k, seq_length) or len(layer_numbers) == 0:
+    (``k >= s`` or no dropping layers), in which case every layer runs on the full sequence.
+    ``force=True`` returns the plan even at ``k == s`` (every index kept): the layers then run the
+    gather/scatter path, which must equal the full-length path exactly (tests use it)."""
+    if len(layer_numbers) == 0 or not (force or plan_needed(k, seq_length)):
         return None
     indices = make_index_plan(seed, iteration, sample_ids, layer_numbers, k, seq_length,
-                              device=device, tp_size=tp_size, stratified=stratified)
-    return IndexPlan(indices, int(k), int(seq_length), tuple(layer_numbers), int(tp_size), bool(stratified))
+                              device=device, strata=strata)
+    return IndexPlan(indices, int(k), int(seq_length), tuple(layer_numbers), int(strata))

@@ -242,15 +242,14 @@ class Trainer:
 
         cfg = self.cfg
         s = cfg.model.seq_length
-        sp = cfg.parallel.sequence_parallel
-        tp = cfg.parallel.tensor_model_parallel_size
+        strata = cfg.random_ltd.resolved_strata(cfg.parallel.sequence_parallel)  # never the TP size
 
         def step(data_iterator, model):
             batch = {key: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for key, v in next(data_iterator).items()}
             plan = None
             if k is not None and self.ltd_layers:
                 plan = build_index_plan(cfg.random_ltd.seed, iteration, batch["sample_id"], self.ltd_layers, k, s,
-                                        device=self.device, tp_size=tp if sp else 1, stratified=sp)
+                                        device=self.device, strata=strata)
             return self.task.forward_step(batch, model, plan)
 
         return step

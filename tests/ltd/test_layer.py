@@ -117,21 +117,34 @@ def body_full_k_equals_baseline(ctx):
     from tests.model_utils import (LTDForwardStep, VOCAB, collect_full_tensors, fill_params_deterministically,
                                    forward_backward, make_batches, tiny_config, wrap_ddp)
 
+    import megatron.ltd.layer as layer_mod
+
+    calls = []
+    gather = layer_mod.gather_tokens
+
+    def counting_gather(*args, **kwargs):
+        calls.append(1)
+        return gather(*args, **kwargs)
+
+    layer_mod.gather_tokens = counting_gather
     out = {}
     for name, layers in (("base", None), ("ltd", [1, 2])):
         config = tiny_config()
         model = build_gpt_model(config, vocab_size=VOCAB, max_sequence_length=16, ltd_layers=layers)
         fill_params_deterministically(model, seed=3)
         ddp = wrap_ddp(model, config)
-        step = LTDForwardStep([1, 2], k=16, seq_length=16)  # k == s: every token kept
+        # k == s with a forced plan (every index): the gather/scatter path runs, dropping nothing.
+        step = LTDForwardStep([1, 2], k=16, seq_length=16, force=True)
         loss = forward_backward(ddp, config, make_batches(2, 2, 16), 16, 2, forward_step=step)
-        out[name] = (loss, collect_full_tensors(ddp, "grad"), list(model.state_dict().keys()))
+        out[name] = (loss, collect_full_tensors(ddp, "grad"), list(model.state_dict().keys()), len(calls))
+        calls.clear()
     return out
 
 
 def test_full_length_equals_baseline_and_state_dict_keys_match():
     out = run_multirank(body_full_k_equals_baseline, world_size=1)[0]
-    (lb, gb, kb), (ll, gl, kl) = out["base"], out["ltd"]
+    (lb, gb, kb, nb), (ll, gl, kl, nl) = out["base"], out["ltd"]
+    assert nb == 0 and nl == 2 * 2  # 2 dropping layers x 2 micro-batches went through gather/scatter
     assert ll == lb
     assert all(torch.equal(gb[k], gl[k]) for k in gb)
     assert kb == kl

@@ -38,7 +38,7 @@ def body_plans_on_tp_group(ctx, stratified):
     from megatron.ltd.sampler import build_index_plan
 
     plan = build_index_plan(5, 17, torch.tensor([100, 7]), LAYERS, K if not stratified else 8, SEQ,
-                            device=torch.device("cpu"), tp_size=2, stratified=stratified).indices
+                            device=torch.device("cpu"), strata=2 if stratified else 1).indices
     gathered = [torch.empty_like(plan) for _ in range(2)]
     torch.distributed.all_gather(gathered, plan, group=parallel_state.get_tensor_model_parallel_group())
     return {"same": bool(torch.equal(gathered[0], gathered[1])), "plan": plan}
@@ -75,7 +75,7 @@ def test_activation_recompute_drops_the_same_tokens():
 
 def body_sequence_parallel(ctx, sequence_parallel):
     config, ddp = _model(sequence_parallel=sequence_parallel)
-    step = LTDForwardStep(LAYERS, 8, SEQ, stratified_tp=2)  # the same stratified plan for both runs
+    step = LTDForwardStep(LAYERS, 8, SEQ, strata=2)  # the same stratified plan for both runs
     loss = forward_backward(ddp, config, make_batches(2, MBS, SEQ), SEQ, MBS, forward_step=step)
     return {"loss": loss, "grads": collect_full_tensors(ddp, "grad")}
 
@@ -86,6 +86,27 @@ def test_sequence_parallel_matches_tp1_with_the_same_stratified_plan():
     for o in out:
         assert o["loss"] == pytest.approx(ref["loss"], rel=1e-5)
         assert max_rel_diff(o["grads"], ref["grads"]) < 1e-4
+
+
+def body_layer_refuses_unfit_plan(ctx):
+    """Under sequence parallelism over 2 ranks a plain plan (1 stratum) would gather tokens across
+    shards: the layer must refuse it, and accept a plan of 2 (or 4) strata."""
+    config, ddp = _model(sequence_parallel=True)
+    out = {}
+    for strata in (1, 2, 4):
+        try:
+            forward_backward(ddp, config, make_batches(1, MBS, SEQ), SEQ, MBS,
+                             forward_step=LTDForwardStep(LAYERS, 8, SEQ, strata=strata))
+            out[strata] = "ok"
+        except ValueError as e:
+            out[strata] = str(e)
+    return out
+
+
+def test_sequence_parallel_layer_refuses_a_plan_that_does_not_fit():
+    out = run_multirank(body_layer_refuses_unfit_plan, world_size=2, tp=2)[0]
+    assert "--random-ltd-strata" in out[1] and "2 ranks" in out[1], out
+    assert out[2] == "ok" and out[4] == "ok", out
 
 
 def body_layout(ctx, num_microbatches=4):

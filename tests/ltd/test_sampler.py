@@ -86,7 +86,7 @@ def test_independent_of_batch_composition():
 
 def test_stratified_each_shard_keeps_k_over_tp_of_its_own():
     s, k, tp = 64, 32, 4
-    p = plan(k=k, s=s, tp_size=tp, stratified=True)
+    p = plan(k=k, s=s, strata=tp)
     assert p.shape == (len(LAYERS), 4, k)
     assert bool((p[..., 1:] > p[..., :-1]).all())
     shard = s // tp
@@ -97,18 +97,53 @@ def test_stratified_each_shard_keeps_k_over_tp_of_its_own():
         assert local.shape == (len(LAYERS), 4, k // tp)
         assert int(local.min()) >= 0 and int(local.max()) < shard
         assert torch.equal(local + r * shard, p[..., r * k // tp:(r + 1) * k // tp])
-    # stratified with one shard is the plain plan; with tp > 1 it is (generally) not
-    assert torch.equal(plan(k=k, s=s, tp_size=1, stratified=True), plan(k=k, s=s))
+    # one stratum is the plain plan; more are (generally) not
+    assert torch.equal(plan(k=k, s=s, strata=1), plan(k=k, s=s))
     assert not torch.equal(p, plan(k=k, s=s))
-    assert torch.equal(plan(k=k, s=s, tp_size=4), plan(k=k, s=s))  # tp ignored unless stratified
     with pytest.raises(ValueError):
-        plan(k=30, s=s, tp_size=4, stratified=True)
+        plan(k=30, s=s, strata=4)
+
+
+def test_strata_plan_is_the_same_for_every_tp_size_that_divides_it():
+    """One plan of 8 strata serves TP=1, 2, 4 and 8 under sequence parallelism: each TP size's
+    shards are whole strata, so the union of the shard-local plans is the same global plan."""
+    s, k, strata = 64, 32, 8
+    p = plan(k=k, s=s, strata=strata)
+    for tp in (1, 2, 4, 8):
+        shard = s // tp
+        rebuilt = torch.cat([local_shard_plan(p, r, tp, s) + r * shard for r in range(tp)], dim=-1)
+        assert torch.equal(rebuilt, p), tp
+        for r in range(tp):
+            local = local_shard_plan(p, r, tp, s)
+            assert int(local.min()) >= 0 and int(local.max()) < shard
+    # every position is kept with probability k/s (each stratum keeps k/strata of s/strata)
+    many = make_index_plan(3, 1, torch.arange(4000), [0], k, s, strata=strata)
+    freq = torch.zeros(s).scatter_add_(0, many.reshape(-1), torch.ones(many.numel())) / 4000
+    assert float((freq - k / s).abs().max()) < 0.05
+
+
+def test_a_plan_says_how_it_was_stratified_and_refuses_a_layout_it_does_not_fit():
+    from megatron.ltd.sampler import check_plan_fits, plan_strata
+
+    ids = torch.arange(3)
+    ip = build_index_plan(5, 6, ids, LAYERS, 16, 64, strata=4)
+    assert plan_strata(ip.tensor()) == 4 and ip.tensor().shape == (len(LAYERS), 3, 4, 4)
+    assert torch.equal(ip.tensor().reshape(len(LAYERS), 3, 16), ip.indices)
+    assert plan_strata(ip.indices) == 1  # a bare [rows, b, k] tensor is a plain plan
+    for tp in (1, 2, 4):
+        check_plan_fits(4, tp)
+    with pytest.raises(ValueError, match="--random-ltd-strata"):
+        check_plan_fits(4, 8)
+    with pytest.raises(ValueError, match="--random-ltd-strata"):
+        check_plan_fits(1, 2)
+    with pytest.raises(ValueError, match="--random-ltd-strata"):
+        ip.local_for_layer(8, 0, 8)
 
 
 def test_no_data_dependent_shapes_or_host_reads():
     # On the meta device any .item()/.cpu()/data-dependent shape would raise.
     ids = torch.arange(8, device="meta")
-    p = make_index_plan(1, 2, ids, list(range(1, 23)), 64, 256, device="meta", tp_size=4, stratified=True)
+    p = make_index_plan(1, 2, ids, list(range(1, 23)), 64, 256, device="meta", strata=4)
     assert p.shape == (22, 8, 64) and p.device.type == "meta"
 
 
@@ -161,10 +196,13 @@ def test_index_plan_object_and_skip():
     ids = torch.arange(3)
     assert build_index_plan(0, 0, ids, LAYERS, 64, 64) is None
     assert build_index_plan(0, 0, ids, [], 16, 64) is None
-    ip = build_index_plan(5, 6, ids, LAYERS, 16, 64, tp_size=2, stratified=True)
+    ip = build_index_plan(5, 6, ids, LAYERS, 16, 64, strata=2)
     assert isinstance(ip, IndexPlan) and 8 in ip and 4 not in ip
-    assert torch.equal(ip.for_layer(8), make_index_plan(5, 6, ids, [8], 16, 64, tp_size=2, stratified=True)[0])
-    assert torch.equal(ip.local_for_layer(8, 1), local_shard_plan(ip.for_layer(8), 1, 2, 64))
+    assert torch.equal(ip.for_layer(8), make_index_plan(5, 6, ids, [8], 16, 64, strata=2)[0])
+    assert torch.equal(ip.local_for_layer(8, 1, 2), local_shard_plan(ip.for_layer(8), 1, 2, 64))
+    # forced at k == s: every position, in order (the gather/scatter path with nothing dropped)
+    full = build_index_plan(0, 0, ids, LAYERS, 64, 64, force=True)
+    assert torch.equal(full.indices, torch.arange(64).expand(len(LAYERS), 3, 64))
     with pytest.raises(KeyError):
         ip.for_layer(4)
 
@@ -175,6 +213,6 @@ def test_cpu_and_cuda_bit_identical():
     cpu = make_index_plan(*args, device="cpu")
     gpu = make_index_plan(*args, device="cuda")
     assert torch.equal(cpu, gpu.cpu())
-    cpu = make_index_plan(*args, device="cpu", tp_size=4, stratified=True)
-    gpu = make_index_plan(*args, device="cuda", tp_size=4, stratified=True)
+    cpu = make_index_plan(*args, device="cpu", strata=4)
+    gpu = make_index_plan(*args, device="cuda", strata=4)
     assert torch.equal(cpu, gpu.cpu())
