@@ -149,14 +149,8 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
         value = getattr(t, name)
         if value is not None and value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    lr = cfg.lr
-    if lr.lr_schedule_unit in ("tokens", "layer-tokens", "layer-averaged-tokens") and lr.lr_decay_tokens is None:
-        budget = {"tokens": t.train_tokens, "layer-tokens": t.train_layer_tokens,
-                  "layer-averaged-tokens": t.train_layer_averaged_tokens}.get(lr.lr_schedule_unit)
-        if lr.lr_schedule_unit == "layer-averaged-tokens" and budget is None and t.train_layer_tokens is not None:
-            budget = t.train_layer_tokens // m.num_layers
-        if budget is None and t.train_iters is None and t.train_samples is None:
-            raise ConfigError(f"--lr-schedule-unit {lr.lr_schedule_unit} needs --lr-decay-tokens or a training length")
+    # Any training length gives the LR decay length in any unit: the trainer computes the exact run
+    # (megatron.training.lr_schedule.exact_run), so no unit needs a matching budget.
     ck = cfg.checkpoint
     if ck.load is not None and not os.path.isdir(ck.load):
         raise ConfigError(f"--load {ck.load}: no such directory (give a directory written by --save)")

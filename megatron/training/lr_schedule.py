@@ -14,10 +14,10 @@ work consumed through step i. With this, the very first update already has a non
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 from megatron.ltd.schedule import layer_averaged_tokens, layer_tokens, raw_tokens
-from megatron.training.config import LRConfig, ModelConfig, TrainingConfig
+from megatron.training.config import LRConfig, TrainingConfig
 
 
 @dataclass
@@ -77,13 +77,100 @@ def add_step(counters: TokenCounters, work: StepWork) -> None:
     counters.layer_averaged_tokens += work.layer_averaged_tokens
 
 
-def schedule_lengths(lr: LRConfig, training: TrainingConfig, model: ModelConfig, full_step: StepWork,
-                     max_iters: Optional[int] = None) -> tuple:
+UNITS = ("iterations", "samples", "tokens", "layer-tokens", "layer-averaged-tokens")
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """The exact run a budget gives: the iteration that ends it, which budget ends it, and the
+    total work of the whole run in every unit (the counters' values after its last step)."""
+
+    iterations: int
+    stopped_by: str
+    totals: Dict[str, int]
+
+    def amount(self, unit: str) -> int:
+        return self.totals[unit]
+
+
+def exact_run(t: TrainingConfig, work_at: Callable[[int], StepWork], constant_from: int) -> RunLength:
+    """Walk the kept-length schedule to the step that ends the run, whichever budget ends it.
+
+    ``work_at(i)`` is the work of step ``i`` (0-based): a pure function of the step that changes
+    only at the kept-length schedule's increments (MSLG is non-decreasing) and is constant from
+    ``constant_from`` on. The walk jumps over each stretch of equal steps, so it costs one
+    iteration per distinct kept length, not per step. The stop rule is :func:`reached_budget`'s
+    (a counter at or past its budget after a step), so the result is what the trainer will run.
+    """
+    budgets = _budgets(t)
+    if not budgets:
+        raise ValueError("no training length: give --train-iters, --train-samples, --train-tokens, "
+                         "--train-layer-tokens or --train-layer-averaged-tokens")
+    done = TokenCounters()
+    while True:
+        it = done.iteration
+        work = work_at(it)
+        end = _stretch_end(work_at, it, work, constant_from)
+        stretch = None if end is None else end - it  # steps with this same work (None: unbounded)
+        # Steps of this work each budget still allows before it is reached (at least one).
+        steps = {name: max(-(-(budget - _counter(done, unit)) // work.amount(unit)), 1)
+                 for name, (unit, budget) in budgets.items()}
+        need = min(steps.values())
+        if stretch is not None and stretch < need:
+            _add_steps(done, work, stretch)
+            continue
+        _add_steps(done, work, need)
+        stopped_by = next(name for name, n in steps.items() if n == need)
+        return RunLength(done.iteration, stopped_by, {u: _counter(done, u) for u in UNITS})
+
+
+def _budgets(t: TrainingConfig) -> Dict[str, tuple]:
+    given = {
+        f"--train-iters {t.train_iters}": ("iterations", t.train_iters),
+        f"--train-samples {t.train_samples}": ("samples", t.train_samples),
+        f"--train-tokens {t.train_tokens}": ("tokens", t.train_tokens),
+        f"--train-layer-tokens {t.train_layer_tokens}": ("layer-tokens", t.train_layer_tokens),
+        f"--train-layer-averaged-tokens {t.train_layer_averaged_tokens}": ("layer-averaged-tokens",
+                                                                             t.train_layer_averaged_tokens),
+    }
+    return {name: (unit, int(budget)) for name, (unit, budget) in given.items() if budget is not None}
+
+
+def _counter(c: TokenCounters, unit: str) -> int:
+    return {"iterations": c.iteration, "samples": c.samples, "tokens": c.raw_tokens, "layer-tokens": c.layer_tokens,
+            "layer-averaged-tokens": c.layer_averaged_tokens}[unit]
+
+
+def _add_steps(c: TokenCounters, work: StepWork, n: int) -> None:
+    c.iteration += n
+    c.samples += n * work.samples
+    c.raw_tokens += n * work.raw_tokens
+    c.layer_tokens += n * work.layer_tokens
+    c.layer_averaged_tokens += n * work.layer_averaged_tokens
+
+
+def _stretch_end(work_at: Callable[[int], StepWork], it: int, work: StepWork, constant_from: int) -> Optional[int]:
+    """First step after ``it`` whose work differs from ``work`` (None: never). Binary search:
+    the work is monotone in the step and constant from ``constant_from`` on."""
+    if it >= constant_from:
+        return None
+    lo, hi = it, constant_from  # work_at(lo) == work; the answer is in (lo, hi]
+    if work_at(hi) == work:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if work_at(mid) == work:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def schedule_lengths(lr: LRConfig, run: RunLength) -> tuple:
     """(warmup, decay) lengths in ``lr.lr_schedule_unit``.
 
-    Decay defaults to the training length in that unit: an explicit budget in the unit when one
-    is given, else the iteration/sample budget converted with a full-length (no-drop) step, the
-    same conversion Megatron-LM uses for samples.
+    Decay defaults to the exact length of the run in that unit (:func:`exact_run`), so the LR
+    reaches ``--min-lr`` at the iteration that ends the run, whichever budget ends it.
     """
     unit = lr.lr_schedule_unit
     if unit == "iterations":
@@ -96,38 +183,12 @@ def schedule_lengths(lr: LRConfig, training: TrainingConfig, model: ModelConfig,
         decay = lr.lr_decay_tokens
         warmup = lr.lr_warmup_tokens or 0
     if decay is None:
-        decay = _training_length(unit, training, model, full_step, max_iters)
+        decay = run.amount(unit)
     if lr.lr_warmup_fraction is not None:
         warmup = int(lr.lr_warmup_fraction * decay)
     if warmup >= decay:
         raise ValueError(f"the LR warmup ({warmup} {unit}) must be shorter than the decay ({decay} {unit})")
     return int(warmup), int(decay)
-
-
-def _training_length(unit: str, t: TrainingConfig, m: ModelConfig, full_step: StepWork,
-                     max_iters: Optional[int] = None) -> int:
-    if unit == "tokens" and t.train_tokens is not None:
-        return t.train_tokens
-    if unit == "layer-tokens" and t.train_layer_tokens is not None:
-        return t.train_layer_tokens
-    if unit == "layer-averaged-tokens" and t.train_layer_averaged_tokens is not None:
-        return t.train_layer_averaged_tokens
-    if unit == "layer-averaged-tokens" and t.train_layer_tokens is not None:
-        return t.train_layer_tokens // m.num_layers
-    iters = train_iterations_upper_bound(t, full_step)
-    if iters is None:
-        iters = max_iters  # a budget in another unit, converted by the trainer (exact for the ramp)
-    if iters is None:
-        raise ValueError(f"cannot derive the LR decay length in {unit}: give --lr-decay-* or --train-iters/--train-samples")
-    return iters * full_step.amount(unit)
-
-
-def train_iterations_upper_bound(t: TrainingConfig, full_step: StepWork) -> Optional[int]:
-    if t.train_iters is not None:
-        return t.train_iters
-    if t.train_samples is not None:
-        return t.train_samples // full_step.samples
-    return None
 
 
 def build_scheduler(optimizer, lr: LRConfig, warmup: int, decay: int, weight_decay: float):

@@ -25,6 +25,7 @@ from megatron.training.lr_schedule import (
     TokenCounters,
     add_step,
     build_scheduler,
+    exact_run,
     reached_budget,
     schedule_lengths,
 )
@@ -109,7 +110,11 @@ class Trainer:
         )
         self.optimizer = get_megatron_optimizer(opt_cfg, self.models)
         self.full_step = StepWork.of(t.global_batch_size, m.seq_length, m.seq_length, m.num_layers, self.num_ltd_layers)
-        warmup, decay = schedule_lengths(cfg.lr, t, m, self.full_step, max_iters=self._max_train_iters())
+        # The exact run (the kept length is a pure function of the step): its last iteration and its
+        # work in every unit, so the default decay ends at --min-lr on the run's last step.
+        ramp_end = (cfg.random_ltd.require_steps or 0) if self.ltd_layers and cfg.random_ltd.constant_k is None else 0
+        self.run_length = exact_run(t, self.step_work, ramp_end)
+        warmup, decay = schedule_lengths(cfg.lr, self.run_length)
         self.scheduler = build_scheduler(self.optimizer, cfg.lr, warmup, decay, t.weight_decay)
         self.lr_lengths = (warmup, decay)
 
@@ -179,44 +184,10 @@ class Trainer:
         self.logger.print(f"[checkpoint] saved {path}")
 
     # ------------------------------------------------------------------ data
-    def _max_train_iters(self) -> int:
-        t, m = self.cfg.training, self.cfg.model
-        bounds = []
-        if t.train_iters is not None:
-            bounds.append(t.train_iters)
-        if t.train_samples is not None:
-            bounds.append(math.ceil(t.train_samples / t.global_batch_size))
-        if t.train_tokens is not None:
-            bounds.append(math.ceil(t.train_tokens / self.full_step.raw_tokens))
-        if t.train_layer_tokens is not None:
-            bounds.append(self._iterations_for_layer_tokens(t.train_layer_tokens))
-        if t.train_layer_averaged_tokens is not None:
-            # Per-step floors make layer-averaged slightly less than layer-tokens / L: one spare step covers it.
-            bounds.append(self._iterations_for_layer_tokens(t.train_layer_averaged_tokens * m.num_layers) + 1)
-        return min(bounds)
-
-    def _iterations_for_layer_tokens(self, budget: int) -> int:
-        """Exact iterations to consume ``budget`` layer-tokens: the kept length is a pure function of
-        the step, so walk the ramp, then divide what is left by the full-length step."""
-        m, t = self.cfg.model, self.cfg.training
-        consumed, it = 0, 0
-        ramp = (self.cfg.random_ltd.require_steps or 0) if self.ltd_layers and self.cfg.random_ltd.constant_k is None else 0
-        if self.ltd_layers and self.cfg.random_ltd.constant_k is not None:
-            step = StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(0), m.num_layers, self.num_ltd_layers)
-            return math.ceil(budget / step.layer_tokens)
-        while it < ramp and consumed < budget:
-            consumed += StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(it), m.num_layers,
-                                    self.num_ltd_layers).layer_tokens
-            it += 1
-        if consumed >= budget:
-            return it
-        last = StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(it), m.num_layers, self.num_ltd_layers)
-        return it + math.ceil((budget - consumed) / last.layer_tokens)
-
     def _num_samples(self) -> List[int]:
         t = self.cfg.training
         gbs = t.global_batch_size
-        iters = self._max_train_iters()
+        iters = self.run_length.iterations
         # Every evaluation reads the same first --eval-iters batches (comparable curves).
         return [iters * gbs, t.eval_iters * gbs, t.eval_iters * gbs]
 
@@ -234,6 +205,11 @@ class Trainer:
     def kept_length(self, iteration: int) -> int:
         s = self.cfg.model.seq_length
         return kept_length(iteration, self.cfg.random_ltd, s) if self.ltd_layers else s
+
+    def step_work(self, iteration: int) -> StepWork:
+        """What step ``iteration`` (0-based) consumes: a pure function of the step."""
+        m, t = self.cfg.model, self.cfg.training
+        return StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(iteration), m.num_layers, self.num_ltd_layers)
 
     def _forward_step_fn(self, iteration: int, k: Optional[int]):
         """The function megatron-core's schedule calls per micro-batch. The index plan is made here,
@@ -294,9 +270,8 @@ class Trainer:
 
     def train_step(self, data_iterators) -> Dict[str, float]:
         it = self.counters.iteration
-        k = self.kept_length(it)
-        m, t = self.cfg.model, self.cfg.training
-        work = StepWork.of(t.global_batch_size, m.seq_length, k, m.num_layers, self.num_ltd_layers)
+        work = self.step_work(it)
+        k = work.kept_length
         # Advance the LR schedule by this step's own work before the update (no one-step lag).
         self.scheduler.step(work.amount(self.cfg.lr.lr_schedule_unit))
         for model in self.models:
