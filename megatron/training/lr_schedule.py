@@ -8,7 +8,9 @@ the same unit.
 Ordering (an improvement on Megatron-DeepSpeed, whose LR lags one step): a step's work is known
 before it runs (the kept length is a pure function of the step), so the scheduler is advanced by
 the step's own amount *before* the optimizer update; the update of step i uses the LR at the
-work consumed through step i. With this, the very first update already has a non-zero LR.
+work consumed through step i. With this, the very first update already has a non-zero LR. A
+skipped update (fp16 overflow) is taken back (:func:`rewind_scheduler`): the schedule's position is
+the work of the *applied* updates, while the token counters count all computed work.
 """
 
 from __future__ import annotations
@@ -209,6 +211,13 @@ def build_scheduler(optimizer, lr: LRConfig, warmup: int, decay: int, weight_dec
         use_checkpoint_opt_param_scheduler=True,
         override_opt_param_scheduler=False,
     )
+
+
+def rewind_scheduler(scheduler, amount: int) -> None:
+    """Undo ``scheduler.step(amount)`` after a skipped update (fp16 overflow): as in Megatron-LM,
+    the schedule advances only with applied updates. ``step(0)`` re-sets the groups' LR and WD."""
+    scheduler.num_steps -= amount
+    scheduler.step(0)
 
 
 def reached_budget(counters: TokenCounters, t: TrainingConfig) -> Optional[str]:

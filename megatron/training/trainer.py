@@ -27,6 +27,7 @@ from megatron.training.lr_schedule import (
     build_scheduler,
     exact_run,
     reached_budget,
+    rewind_scheduler,
     schedule_lengths,
 )
 from megatron.training.metrics import MetricsLogger, memory_summary, step_model_flops
@@ -272,8 +273,10 @@ class Trainer:
         it = self.counters.iteration
         work = self.step_work(it)
         k = work.kept_length
-        # Advance the LR schedule by this step's own work before the update (no one-step lag).
-        self.scheduler.step(work.amount(self.cfg.lr.lr_schedule_unit))
+        # Advance the LR schedule by this step's own work before the update (no one-step lag); a
+        # skipped update (fp16 overflow) takes it back below, so only applied updates move the LR.
+        amount = work.amount(self.cfg.lr.lr_schedule_unit)
+        self.scheduler.step(amount)
         for model in self.models:
             model.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -287,7 +290,9 @@ class Trainer:
                 "Lower --lr, raise --lr-warmup-*, use --bf16 instead of --fp16, or check the data."
             )
         ok, grad_norm, _ = self.optimizer.step()
-        add_step(self.counters, work)
+        if not ok:
+            rewind_scheduler(self.scheduler, amount)
+        add_step(self.counters, work)  # the counters count computed work, applied or not (docs/random_ltd.md)
         lr = self.optimizer.param_groups[0]["lr"]
         return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "kept_length": k, "skipped": 0.0 if ok else 1.0, "step_flops": self._step_flops(k),

@@ -90,3 +90,44 @@ def test_lr_reaches_min_lr_exactly_at_the_last_iteration(tmp_path):
     assert out["iters + tighter layer-tokens, unit iterations"]["lr_lengths"][1] < 30
     assert out["samples + tighter layer-averaged, unit samples"]["summary"]["stopped_by"].startswith(
         "--train-layer-averaged-tokens")
+
+
+def _overflow_at_first_step(trainer):
+    """Make the first backward's gradients inf (a forced fp16 overflow); later steps are clean."""
+    import torch
+
+    param = next(p for m in trainer.models for p in m.parameters() if p.requires_grad)
+    state = {"calls": 0}
+    num_microbatches = trainer.num_microbatches
+
+    def hook(grad):
+        state["calls"] += 1
+        return grad * float("inf") if state["calls"] <= num_microbatches else grad
+
+    param.register_hook(hook)
+    trainer._overflow_state = state
+
+
+def body_fp16_overflow(ctx, tmp):
+    args = TINY_GPT + LTD + ["--fp16", "--initial-loss-scale", "1024", "--train-iters", "6", "--lr-schedule-unit", "layer-tokens",
+                             "--lr-warmup-tokens", "2000", "--lr-decay-tokens", "8000"]
+    out = run_trainer(args, os.path.join(tmp, "fp16.jsonl"), on_built=_overflow_at_first_step)
+    return out
+
+
+def test_fp16_overflow_step_does_not_advance_the_lr_schedule(tmp_path):
+    import math
+
+    r = run_multirank(body_fp16_overflow, world_size=1, kwargs={"tmp": str(tmp_path)}, timeout_s=120)[0]
+    rows = r["rows"]
+    assert rows[0]["skipped_steps"] == 1 and all(row["skipped_steps"] == 0 for row in rows[1:]), rows
+    applied = 0
+    for i, row in enumerate(rows):
+        step = 8 * (32 * 2 + row["kept_length"] * 2)
+        assert row["layer_tokens"] == sum(8 * (32 * 2 + x["kept_length"] * 2) for x in rows[:i + 1])  # computed work
+        if i > 0:
+            applied += step
+        # The LR follows the applied updates' work only: the skipped step moved nothing.
+        lr = 3e-3 * applied / 2000 if applied <= 2000 else (
+            1e-4 + 0.5 * (math.cos(math.pi * (applied - 2000) / 6000) + 1) * (3e-3 - 1e-4))
+        assert row["lr"] == pytest.approx(lr, rel=1e-9, abs=1e-15), (i, row)
