@@ -1,0 +1,120 @@
+"""Loss-compare at the trainer level (torchtitan keeps one for every layout): the same random-LTD
+run with tokens dropped (k < s), from the same initial weights, gives the same loss at every step
+on one process and on TP=2, PP=2 (1F1B and interleaved), DP=2 with the distributed optimizer, TP=2
+with sequence parallelism and TP=4 with sequence parallelism. fp32 on CPU, dropout off.
+
+Identical initial weights on every layout: after the Trainer is built, every parameter is set to
+values that depend only on (seed, global parameter name, full shape), and each rank keeps its TP
+shard (:func:`tests.model_utils.fill_params_deterministically`); megatron-core's own init draws
+RNG per pipeline stage, so it differs between layouts.
+
+The tolerance (relative 1e-5 on the loss): layouts sum the same terms in a different order (TP
+splits matmul reductions, DP all-reduces micro-batch gradients), which moves fp32 results in the
+last bits (~1e-7 relative); four Adam steps amplify that to ~1e-6 at most here. A dropped or
+misplaced token changes the loss by ~1e-2, three orders of magnitude above the bound.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.multirank import run_multirank
+from tests.training.trainer_utils import run_trainer
+
+# 4 layers (1 and 2 drop tokens), seq 16; kept length 4, 4, 8, 12 over the 4 steps (always k < s).
+# 4 strata: every layout below, TP=4 with sequence parallelism included, drops the same tokens.
+BASE = [
+    "--mock-data", "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
+    "--max-position-embeddings", "16", "--micro-batch-size", "1", "--global-batch-size", "8", "--vocab-size", "127",
+    "--make-vocab-size-divisible-by", "32",  # 127 ids + eod = 128: no padding on any TP size
+    "--lr", "1e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine", "--train-iters", "4", "--log-interval", "1",
+    "--eval-interval", "1000", "--eval-iters", "1", "--no-progress", "--cpu", "--hidden-dropout", "0.0",
+    "--attention-dropout", "0.0", "--seed", "7",
+]
+RUN = BASE + [
+    "--random-ltd", "--random-ltd-min-seq", "4", "--random-ltd-seq-step", "4", "--random-ltd-require-steps", "4",
+    "--random-ltd-strata", "4",
+]
+LAYOUTS = {
+    "TP=2 DP=2, distributed optimizer": ["--tensor-model-parallel-size", "2", "--use-distributed-optimizer"],
+    "PP=2 DP=2, 1F1B": ["--pipeline-model-parallel-size", "2"],
+    "PP=2 DP=2, interleaved": ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"],
+    "TP=2 DP=2, sequence parallel": ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+    "TP=4, sequence parallel": ["--tensor-model-parallel-size", "4", "--sequence-parallel"],
+}
+
+
+def _same_weights(trainer):
+    from tests.model_utils import fill_params_deterministically
+
+    for chunk in trainer.models:
+        fill_params_deterministically(chunk, seed=5)
+
+
+def _count_gathers():
+    import megatron.ltd.layer as layer_mod
+
+    calls = []
+    original = layer_mod.gather_tokens
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer_mod.gather_tokens = counting
+    return calls
+
+
+def body_reference(ctx, tmp):
+    """One process: the random-LTD run, and evaluation of the same initial weights with random-LTD
+    on and off (evaluation runs every layer at full length)."""
+    from tests.training.trainer_utils import build_trainer
+
+    calls = _count_gathers()
+    evals = {}
+    for name, args in (("ltd", RUN), ("baseline", BASE)):
+        trainer = build_trainer(args)
+        _same_weights(trainer)
+        calls.clear()
+        evals[name] = (trainer.evaluate(), len(calls))
+        trainer.close()
+    calls.clear()
+    run = run_trainer(RUN, os.path.join(tmp, "ref.jsonl"), on_built=_same_weights)
+    return {"losses": [r["loss"] for r in run["rows"]], "kept": [r["kept_length"] for r in run["rows"]],
+            "gathers": len(calls), "evals": evals}
+
+
+def body_layouts(ctx, tmp):
+    from megatron.core import parallel_state
+
+    out = {}
+    for i, (name, extra) in enumerate(LAYOUTS.items()):
+        parallel_state.destroy_model_parallel()  # the Trainer makes this layout's groups
+        run = run_trainer(RUN + extra, os.path.join(tmp, f"{i}.jsonl"), on_built=_same_weights)
+        out[name] = None if run["rows"] is None else [r["loss"] for r in run["rows"]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("loss_compare_ref"))
+    return run_multirank(body_reference, world_size=1, kwargs={"tmp": tmp}, timeout_s=180)[0]
+
+
+def test_every_layout_gives_the_single_process_loss_at_every_step(reference, tmp_path):
+    ref = reference
+    assert ref["kept"] == [4, 4, 8, 12]  # tokens are dropped at every step
+    assert ref["gathers"] > 0  # ... through the gather/scatter path
+    results = run_multirank(body_layouts, world_size=4, kwargs={"tmp": str(tmp_path)}, timeout_s=300)
+    for name in LAYOUTS:
+        losses = [r[name] for r in results if r[name] is not None]
+        assert len(losses) == 1, name  # one writer rank per layout
+        assert losses[0] == pytest.approx(ref["losses"], rel=1e-5), (name, losses[0], ref["losses"])
+
+
+def test_evaluation_drops_nothing(reference):
+    (ltd_loss, ltd_gathers), (base_loss, base_gathers) = reference["evals"]["ltd"], reference["evals"]["baseline"]
+    assert ltd_gathers == 0 and base_gathers == 0
+    assert ltd_loss == base_loss  # the random-LTD model evaluates exactly like the baseline model
