@@ -94,6 +94,10 @@ class DataConfig:
                 parse_and_normalize_split(self.split)
             except Exception as e:  # noqa: BLE001
                 raise ValueError(f"--split {self.split!r} is not like '969,30,1': {e}") from e
+        if self.reset_attention_mask and not self.create_attention_mask:
+            # Without the per-sample masks the model would attend across documents silently.
+            raise ValueError("--reset-attention-mask needs the per-sample document masks that the data loader "
+                             "builds: drop --no-create-attention-mask-in-dataloader (or drop --reset-attention-mask)")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0 <= self.short_seq_prob <= 1:

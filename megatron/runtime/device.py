@@ -105,13 +105,21 @@ def init_distributed(
 
 
 def set_seed(seed: int) -> None:
-    """Seed python/numpy/torch and megatron's tensor-parallel RNG tracker (same on every DP rank,
-    offset per TP rank inside model-parallel regions, as megatron-core expects)."""
+    """Seed python/numpy/torch and megatron's tensor-parallel RNG tracker.
+
+    As in Megatron-LM, the seed is offset by ``100 * pipeline rank``: pipeline stages hold
+    different layers, and one seed for all would give their dropout masks the same pattern. Data-
+    parallel ranks keep one seed (their replicas must start identical); megatron-core's tracker
+    offsets the seed per TP rank inside model-parallel regions. The data order does not depend on
+    these RNGs (the loader has its own generator, seeded by the consumed samples).
+    """
     import random
 
     import numpy as np
-    from megatron.core import tensor_parallel
+    from megatron.core import parallel_state, tensor_parallel
 
+    if parallel_state.model_parallel_is_initialized():
+        seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

@@ -159,12 +159,36 @@ def build_mock_datasets(cfg, tokenizer, num_samples: Sequence[int]) -> List[Opti
     return out
 
 
+def mark_padding_unambiguously(dataset) -> None:
+    """Make megatron-core's BERT datasets inside ``dataset`` write -1 (megatron-core's own "no pad
+    token" marker, which no token id equals) instead of the tokenizer's pad id into the padding
+    positions of ``padding_mask`` and ``types``.
+
+    megatron-core marks padding in ``padding_mask`` with the pad id and real tokens with 1, and
+    then rewrites padded ``text`` to 0: with a tokenizer whose pad id is 1, nothing in the item
+    tells padding from tokens any more. The marker value changes nothing else (padded text is
+    written as 0 either way; the model never sees the marker).
+    """
+    stack = [dataset]
+    while stack:
+        ds = stack.pop()
+        if hasattr(ds, "_pad_token_id"):
+            ds._pad_token_id = -1
+        stack.extend(getattr(ds, "datasets", None) or [])
+        if getattr(ds, "dataset", None) is not None:
+            stack.append(ds.dataset)
+
+
 def build_datasets(cfg, tokenizer, num_samples):
+    """[train, valid, test] datasets whose ``padding_mask`` is 1 exactly at the real tokens."""
     if cfg.data.mock_data:
         return build_mock_datasets(cfg, tokenizer, num_samples)
     from megatron.data.providers import build_bert_datasets
 
-    return build_bert_datasets(cfg.data, tokenizer, cfg.model.seq_length, num_samples, cfg.training.seed)
+    built = build_bert_datasets(cfg.data, tokenizer, cfg.model.seq_length, num_samples, cfg.training.seed)
+    for ds in built:
+        mark_padding_unambiguously(ds)
+    return built
 
 
 # ---------------------------------------------------------------------------------------- step
@@ -192,8 +216,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def forward_step(batch, model, plan, binary_head: bool = True):
     """One BERT micro-batch; ``plan`` is the random-LTD index plan (or None) for this batch."""
-    # megatron-core's dataset fills padding positions of padding_mask (and of types) with the pad
-    # token id, which is not 0 for every tokenizer: derive a clean 0/1 mask (1 = real token).
+    # 1 = real token; padding is 0 (mock data) or -1 (see mark_padding_unambiguously), never 1.
     keep = (batch["padding_mask"] == 1).long()
     types = (batch["types"] * keep).long() if binary_head else None
     core = _unwrap(model)
