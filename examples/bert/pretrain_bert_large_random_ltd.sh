@@ -9,9 +9,10 @@
 #     1,049B, the paper's random-LTD BERT-large setting);
 #   * the learning rate's warmup and decay advance with layer-averaged tokens,
 #     gbs x (512 x 2 + k x 22) / 24 per iteration (Megatron-DeepSpeed's "tokens" counter for random-LTD):
-#     an iteration that drops tokens moves the schedule less. Warmup stays "10,000 iterations": the
-#     launcher gives it as the layer-averaged tokens of the first WARMUP_ITERS iterations of the ramp,
-#     and the decay as those of all TRAIN_ITERS iterations (linear decay to MIN_LR at the last step).
+#     an iteration that drops tokens moves the schedule less. Warmup stays "10,000 iterations"
+#     (--lr-warmup-iters: the trainer converts it to the layer-averaged tokens of the first
+#     WARMUP_ITERS iterations of the ramp), and the decay spans the whole run (linear decay to MIN_LR
+#     at the last step); the trainer walks the kept-length schedule to compute both exactly.
 #
 # Token arithmetic per iteration (GLOBAL_BATCH 1024, sequence 512, 24 layers, 22 dropping):
 #   raw tokens                  1024 x 512                      = 524,288
@@ -19,9 +20,7 @@
 #   layer-averaged tokens       layer-tokens / 24               = 163,840 .. 524,288
 #   warmup (10,000 iterations, k = 128)                         = 1,638,400,000
 #   whole run (1,000,000 iterations, k 128 -> 496)              = 336,554,213,184 (0.64 x full length)
-#   the trainer's [setup] line repeats the warmup and decay lengths it was given.
-# The kept length is the MSLG ramp of megatron/ltd/schedule.py (kept_length), written out below so the
-# launcher needs no torch import; tests/training/test_pretrain_bert.py checks that both agree.
+#   the trainer's [setup] line prints the warmup and decay lengths in layer-averaged tokens.
 #
 # Run (activate the environment first: source scripts/setup_env.sh):
 #   single node, 8 GPUs:
@@ -62,8 +61,8 @@ TRAIN_ITERS="${TRAIN_ITERS:-1000000}"
 LR="${LR:-1e-4}"
 MIN_LR="${MIN_LR:-1e-5}"
 WARMUP_ITERS="${WARMUP_ITERS:-10000}"
-WARMUP_TOKENS="${WARMUP_TOKENS:-auto}"        # auto: layer-averaged tokens of the first WARMUP_ITERS iterations
-DECAY_TOKENS="${DECAY_TOKENS:-auto}"          # auto: layer-averaged tokens of all TRAIN_ITERS iterations
+WARMUP_TOKENS="${WARMUP_TOKENS:-}"            # empty: the layer-averaged tokens of the first WARMUP_ITERS iterations
+DECAY_TOKENS="${DECAY_TOKENS:-}"              # empty: the layer-averaged tokens of the whole run
 SEED="${SEED:-1234}"
 
 # ---- random-LTD
@@ -129,42 +128,9 @@ LTD_ARGS=(
 # shellcheck disable=SC2206  # a list of layer numbers
 [ -n "$LTD_LAYERS" ] && LTD_ARGS+=(--random-ltd-layers $LTD_LAYERS)
 
-# Layer-averaged tokens of the first WARMUP_ITERS and of all TRAIN_ITERS iterations, walking the
-# kept-length ramp (megatron.ltd.schedule.kept_length) and summing the trainer's per-step floor
-# (megatron.ltd.schedule.layer_averaged_tokens).
-if [ "$WARMUP_TOKENS" = auto ] || [ "$DECAY_TOKENS" = auto ]; then
-    # shellcheck disable=SC2086  # LTD_LAYERS is a list of words
-    N_LTD_LAYERS="$(set -- $LTD_LAYERS; echo $#)"
-    [ "$N_LTD_LAYERS" = 0 ] && N_LTD_LAYERS=$((NUM_LAYERS - 2))
-    read -r AUTO_WARMUP AUTO_DECAY < <(
-        "${PYTHON:-python3}" - "$GLOBAL_BATCH" "$SEQ_LEN" "$NUM_LAYERS" "$N_LTD_LAYERS" "$LTD_MIN_SEQ" \
-            "$LTD_MAX_SEQ" "$LTD_SEQ_STEP" "$LTD_REQUIRE_STEPS" "$WARMUP_ITERS" "$TRAIN_ITERS" <<'PY'
-import sys
-gbs, s, L, n_ltd, mn, mx, inc, ramp, warmup, total = map(int, sys.argv[1:])
-mx = min(mx, s)
-mn = min(mn, mx)
-def kept(step):  # megatron.ltd.schedule.kept_length
-    if step >= ramp:
-        return mx
-    v = mn + step * (mx - mn) // ramp
-    return max(mn, min(v - v % inc, mx))
-def work(k):  # layer-averaged tokens of one step
-    return gbs * (s * (L - n_ltd) + k * n_ltd) // L
-done = warm = 0
-for it in range(total):
-    if it == warmup:
-        warm = done
-    done += work(kept(it))
-print(warm if warmup < total else done, done)
-PY
-    ) || die "could not compute the warmup/decay tokens; set WARMUP_TOKENS and DECAY_TOKENS"
-    [ "$WARMUP_TOKENS" = auto ] && WARMUP_TOKENS="$AUTO_WARMUP"
-    [ "$DECAY_TOKENS" = auto ] && DECAY_TOKENS="$AUTO_DECAY"
-fi
-LR_ARGS=(
-    --lr "$LR" --min-lr "$MIN_LR" --lr-decay-style linear --lr-schedule-unit layer-averaged-tokens
-    --lr-warmup-tokens "$WARMUP_TOKENS" --lr-decay-tokens "$DECAY_TOKENS"
-)
+LR_ARGS=(--lr "$LR" --min-lr "$MIN_LR" --lr-decay-style linear --lr-schedule-unit layer-averaged-tokens)
+if [ -n "$WARMUP_TOKENS" ]; then LR_ARGS+=(--lr-warmup-tokens "$WARMUP_TOKENS"); else LR_ARGS+=(--lr-warmup-iters "$WARMUP_ITERS"); fi
+[ -n "$DECAY_TOKENS" ] && LR_ARGS+=(--lr-decay-tokens "$DECAY_TOKENS")
 # shellcheck disable=SC2206  # DATA_PATH may be a blend: split it into words on purpose
 DATA_ARGS=(
     --data-path $DATA_PATH --split "$SPLIT" --num-workers "$NUM_WORKERS"

@@ -59,7 +59,7 @@ LR="${LR:-2e-4}"
 MIN_LR="${MIN_LR:-1e-6}"
 TRAIN_TOKENS="${TRAIN_TOKENS:-300000000000}"  # 300B
 WARMUP_TOKENS="${WARMUP_TOKENS:-3000000000}"  # 3B
-DECAY_TOKENS="${DECAY_TOKENS:-$TRAIN_TOKENS}"
+DECAY_TOKENS="${DECAY_TOKENS:-}"              # empty: the whole run (the trainer computes it exactly)
 SEED="${SEED:-1234}"
 
 # ---- data and tokenizer
@@ -118,8 +118,9 @@ TRAINING_ARGS=(
 )
 LR_ARGS=(
     --lr "$LR" --min-lr "$MIN_LR" --lr-decay-style cosine --lr-schedule-unit tokens
-    --lr-warmup-tokens "$WARMUP_TOKENS" --lr-decay-tokens "$DECAY_TOKENS"
+    --lr-warmup-tokens "$WARMUP_TOKENS"
 )
+[ -n "$DECAY_TOKENS" ] && LR_ARGS+=(--lr-decay-tokens "$DECAY_TOKENS")
 # shellcheck disable=SC2206  # DATA_PATH may be a blend: split it into words on purpose
 DATA_ARGS=(--data-path $DATA_PATH --split "$SPLIT" --num-workers "$NUM_WORKERS" "${TOKENIZER_ARGS[@]}")
 [ -n "$DATA_CACHE_PATH" ] && DATA_ARGS+=(--data-cache-path "$DATA_CACHE_PATH")

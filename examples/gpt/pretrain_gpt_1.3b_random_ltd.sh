@@ -23,9 +23,10 @@
 #   layer-tokens at k           512 x (2048 x 2 + k x 22)         = 3,538,944 at k 128 .. 25,165,824 at k 2048
 #   layer-averaged tokens       layer-tokens / 24                 = 147,456 .. 1,048,576
 #   budget                      --train-layer-tokens = BUDGET x 24 (300B -> 7,200,000,000,000)
-# The launcher also passes --train-iters = (iterations to the budget) + 1, computed from the kept-length
-# schedule, only as a safety cap that sizes the dataset index; the layer-token budget ends the run.
-# Set TRAIN_ITERS_CAP=0 to leave it out, or to a number to override it.
+# The budget flag is all the trainer needs: the kept length is a pure function of the step, so it
+# knows the exact run (372,757 iterations at 300B), sizes the dataset for it, and ends the cosine
+# decay at MIN_LR on the run's last iteration (megatron/training/lr_schedule.py, exact_run). Set
+# DECAY_TOKENS only to decay over another length.
 #
 # Run (activate the environment first: source scripts/setup_env.sh):
 #   single node, 8 GPUs:
@@ -74,9 +75,8 @@ esac
 LR="${LR:-$DEFAULT_LR}"
 MIN_LR="${MIN_LR:-1e-6}"
 WARMUP_TOKENS="${WARMUP_TOKENS:-3000000000}"  # 3B layer-averaged tokens
-DECAY_TOKENS="${DECAY_TOKENS:-$BUDGET_TOKENS}"
+DECAY_TOKENS="${DECAY_TOKENS:-}"              # empty: the whole run (the trainer computes it exactly)
 TRAIN_LAYER_TOKENS="${TRAIN_LAYER_TOKENS:-$((BUDGET_TOKENS * NUM_LAYERS))}"
-TRAIN_ITERS_CAP="${TRAIN_ITERS_CAP:-auto}"    # auto | 0 (no cap) | N
 SEED="${SEED:-1234}"
 
 # ---- random-LTD
@@ -143,8 +143,9 @@ TRAINING_ARGS=(
 )
 LR_ARGS=(
     --lr "$LR" --min-lr "$MIN_LR" --lr-decay-style cosine --lr-schedule-unit layer-averaged-tokens
-    --lr-warmup-tokens "$WARMUP_TOKENS" --lr-decay-tokens "$DECAY_TOKENS"
+    --lr-warmup-tokens "$WARMUP_TOKENS"
 )
+[ -n "$DECAY_TOKENS" ] && LR_ARGS+=(--lr-decay-tokens "$DECAY_TOKENS")
 LTD_ARGS=(
     --random-ltd --random-ltd-min-seq "$LTD_MIN_SEQ" --random-ltd-max-seq "$LTD_MAX_SEQ"
     --random-ltd-seq-step "$LTD_SEQ_STEP" --random-ltd-require-steps "$LTD_REQUIRE_STEPS"
@@ -152,36 +153,6 @@ LTD_ARGS=(
 # shellcheck disable=SC2206  # a list of layer numbers
 [ -n "$LTD_LAYERS" ] && LTD_ARGS+=(--random-ltd-layers $LTD_LAYERS)
 
-# Iterations until the layer-token budget is reached: a safety cap that also sizes the dataset index
-# (without it the trainer sizes the index for the worst case, every step at the smallest k: ~5x too
-# many samples). The kept length is the MSLG ramp of megatron/ltd/schedule.py (kept_length), written
-# out here so the launcher needs no torch import; tests/training/test_launchers.py checks that both agree.
-if [ "$TRAIN_ITERS_CAP" = auto ]; then
-    # shellcheck disable=SC2086  # LTD_LAYERS is a list of words
-    N_LTD_LAYERS="$(set -- $LTD_LAYERS; echo $#)"
-    [ "$N_LTD_LAYERS" = 0 ] && N_LTD_LAYERS=$((NUM_LAYERS - 2))
-    TRAIN_ITERS_CAP="$(
-        "${PYTHON:-python3}" - "$GLOBAL_BATCH" "$SEQ_LEN" "$NUM_LAYERS" "$N_LTD_LAYERS" "$TRAIN_LAYER_TOKENS" \
-            "$LTD_MIN_SEQ" "$LTD_MAX_SEQ" "$LTD_SEQ_STEP" "$LTD_REQUIRE_STEPS" <<'PY'
-import sys
-gbs, s, L, n_ltd, budget, mn, mx, inc, ramp = map(int, sys.argv[1:])
-def kept(step):  # megatron.ltd.schedule.kept_length
-    if step >= ramp:
-        return mx
-    v = mn + step * (mx - mn) // ramp
-    return max(mn, min(v - v % inc, mx))
-def work(k):  # layer-tokens of one step
-    return gbs * (s * (L - n_ltd) + k * n_ltd)
-done = it = 0
-while done < budget and it < ramp:
-    done, it = done + work(kept(it)), it + 1
-if done < budget:
-    it += -(-(budget - done) // work(mx))
-print(it + 1)
-PY
-    )" || { echo "$(basename "$0"): could not compute TRAIN_ITERS_CAP; set it to a number, or 0 for none" >&2; exit 1; }
-fi
-[ "$TRAIN_ITERS_CAP" != 0 ] && LTD_ARGS+=(--train-iters "$TRAIN_ITERS_CAP")
 # shellcheck disable=SC2206  # DATA_PATH may be a blend: split it into words on purpose
 DATA_ARGS=(--data-path $DATA_PATH --split "$SPLIT" --num-workers "$NUM_WORKERS" "${TOKENIZER_ARGS[@]}")
 [ -n "$DATA_CACHE_PATH" ] && DATA_ARGS+=(--data-cache-path "$DATA_CACHE_PATH")

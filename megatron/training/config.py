@@ -149,13 +149,13 @@ class LRConfig:
             choices=list(LR_UNITS),
         ),
     )
-    lr_warmup_iters: int = field(default=0, metadata=_m("Warmup length in iterations (unit: iterations)."))
+    lr_warmup_iters: int = field(default=0, metadata=_m("Warmup length in iterations; with another --lr-schedule-unit, the work of the first that many iterations (exact, kept-length ramp included)."))
     lr_warmup_samples: int = field(default=0, metadata=_m("Warmup length in samples (unit: samples)."))
     lr_warmup_tokens: Optional[int] = field(default=None, metadata=_m("Warmup length in the token unit chosen by --lr-schedule-unit."))
     lr_warmup_fraction: Optional[float] = field(default=None, metadata=_m("Warmup as a fraction of the decay length (any unit)."))
-    lr_decay_iters: Optional[int] = field(default=None, metadata=_m("Decay length in iterations (default: the training length)."))
+    lr_decay_iters: Optional[int] = field(default=None, metadata=_m("Decay length in iterations (default: the exact run, whichever budget ends it)."))
     lr_decay_samples: Optional[int] = field(default=None, metadata=_m("Decay length in samples."))
-    lr_decay_tokens: Optional[int] = field(default=None, metadata=_m("Decay length in the token unit chosen by --lr-schedule-unit."))
+    lr_decay_tokens: Optional[int] = field(default=None, metadata=_m("Decay length in the token unit chosen by --lr-schedule-unit (default: the exact run)."))
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -168,8 +168,12 @@ class LRConfig:
                 f"--lr-warmup-tokens/--lr-decay-tokens need --lr-schedule-unit tokens, layer-tokens or "
                 f"layer-averaged-tokens (got {self.lr_schedule_unit})"
             )
-        if self.lr_schedule_unit != "iterations" and (self.lr_warmup_iters or self.lr_decay_iters):
-            raise ValueError(f"--lr-warmup-iters/--lr-decay-iters need --lr-schedule-unit iterations (got {self.lr_schedule_unit})")
+        if self.lr_schedule_unit != "iterations" and self.lr_decay_iters:
+            raise ValueError(f"--lr-decay-iters needs --lr-schedule-unit iterations (got {self.lr_schedule_unit}); "
+                             "without --lr-decay-* the decay spans the whole run in any unit")
+        if self.lr_warmup_iters and (self.lr_warmup_tokens or self.lr_warmup_samples or self.lr_warmup_fraction is not None):
+            raise ValueError("give one LR warmup length: --lr-warmup-iters, --lr-warmup-samples, --lr-warmup-tokens "
+                             "or --lr-warmup-fraction")
         if self.lr_schedule_unit != "samples" and (self.lr_warmup_samples or self.lr_decay_samples):
             raise ValueError(f"--lr-warmup-samples/--lr-decay-samples need --lr-schedule-unit samples (got {self.lr_schedule_unit})")
 

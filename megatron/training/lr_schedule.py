@@ -15,11 +15,12 @@ the work of the *applied* updates, while the token counters count all computed w
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
-from megatron.ltd.schedule import layer_averaged_tokens, layer_tokens, raw_tokens
-from megatron.training.config import LRConfig, TrainingConfig
+from megatron.ltd.schedule import kept_length, layer_averaged_tokens, layer_tokens, raw_tokens
+from megatron.training.config import TrainingConfig
 
 
 @dataclass
@@ -168,12 +169,36 @@ def _stretch_end(work_at: Callable[[int], StepWork], it: int, work: StepWork, co
     return hi
 
 
-def schedule_lengths(lr: LRConfig, run: RunLength) -> tuple:
-    """(warmup, decay) lengths in ``lr.lr_schedule_unit``.
+def step_work_fn(cfg) -> Tuple[Callable[[int], StepWork], int]:
+    """``(work_at, constant_from)`` for a :class:`PretrainConfig`: the work of step ``i`` (a pure
+    function of the step: the kept length follows the MSLG schedule) and the step from which it
+    no longer changes (the end of the ramp)."""
+    m, t, ltd = cfg.model, cfg.training, cfg.random_ltd
+    n_ltd = len(ltd.resolve_layers(m.num_layers)) if ltd.enabled else 0
+    s = m.seq_length
+
+    def work_at(step: int) -> StepWork:
+        k = kept_length(step, ltd, s) if n_ltd else s
+        return StepWork.of(t.global_batch_size, s, k, m.num_layers, n_ltd)
+
+    constant_from = (ltd.require_steps or 0) if n_ltd and ltd.constant_k is None else 0
+    return work_at, constant_from
+
+
+def run_length(cfg) -> RunLength:
+    """The exact run a :class:`PretrainConfig` describes (see :func:`exact_run`)."""
+    return exact_run(cfg.training, *step_work_fn(cfg))
+
+
+def schedule_lengths(cfg, run: RunLength) -> tuple:
+    """(warmup, decay) lengths in ``--lr-schedule-unit``.
 
     Decay defaults to the exact length of the run in that unit (:func:`exact_run`), so the LR
-    reaches ``--min-lr`` at the iteration that ends the run, whichever budget ends it.
+    reaches ``--min-lr`` at the iteration that ends the run, whichever budget ends it. Warmup may
+    be given in iterations whatever the unit (``--lr-warmup-iters``): it is then the work of the
+    first that many iterations in the unit, walked the same way.
     """
+    lr = cfg.lr
     unit = lr.lr_schedule_unit
     if unit == "iterations":
         decay = lr.lr_decay_iters
@@ -184,6 +209,10 @@ def schedule_lengths(lr: LRConfig, run: RunLength) -> tuple:
     else:
         decay = lr.lr_decay_tokens
         warmup = lr.lr_warmup_tokens or 0
+    if unit != "iterations" and lr.lr_warmup_iters:
+        only_iters = dataclasses.replace(cfg.training, train_iters=lr.lr_warmup_iters, train_samples=None,
+                                         train_tokens=None, train_layer_tokens=None, train_layer_averaged_tokens=None)
+        warmup = exact_run(only_iters, *step_work_fn(cfg)).amount(unit)
     if decay is None:
         decay = run.amount(unit)
     if lr.lr_warmup_fraction is not None:

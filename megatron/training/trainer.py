@@ -25,10 +25,11 @@ from megatron.training.lr_schedule import (
     TokenCounters,
     add_step,
     build_scheduler,
-    exact_run,
     reached_budget,
     rewind_scheduler,
+    run_length,
     schedule_lengths,
+    step_work_fn,
 )
 from megatron.training.metrics import MetricsLogger, memory_summary, step_model_flops
 
@@ -113,9 +114,9 @@ class Trainer:
         self.full_step = StepWork.of(t.global_batch_size, m.seq_length, m.seq_length, m.num_layers, self.num_ltd_layers)
         # The exact run (the kept length is a pure function of the step): its last iteration and its
         # work in every unit, so the default decay ends at --min-lr on the run's last step.
-        ramp_end = (cfg.random_ltd.require_steps or 0) if self.ltd_layers and cfg.random_ltd.constant_k is None else 0
-        self.run_length = exact_run(t, self.step_work, ramp_end)
-        warmup, decay = schedule_lengths(cfg.lr, self.run_length)
+        self.step_work, _ = step_work_fn(cfg)
+        self.run_length = run_length(cfg)
+        warmup, decay = schedule_lengths(cfg, self.run_length)
         self.scheduler = build_scheduler(self.optimizer, cfg.lr, warmup, decay, t.weight_decay)
         self.lr_lengths = (warmup, decay)
 
@@ -206,11 +207,6 @@ class Trainer:
     def kept_length(self, iteration: int) -> int:
         s = self.cfg.model.seq_length
         return kept_length(iteration, self.cfg.random_ltd, s) if self.ltd_layers else s
-
-    def step_work(self, iteration: int) -> StepWork:
-        """What step ``iteration`` (0-based) consumes: a pure function of the step."""
-        m, t = self.cfg.model, self.cfg.training
-        return StepWork.of(t.global_batch_size, m.seq_length, self.kept_length(iteration), m.num_layers, self.num_ltd_layers)
 
     def _forward_step_fn(self, iteration: int, k: Optional[int]):
         """The function megatron-core's schedule calls per micro-batch. The index plan is made here,

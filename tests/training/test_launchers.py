@@ -19,6 +19,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from megatron.training.arguments import ConfigError, parse_pretrain_config
+from megatron.training.lr_schedule import run_length, schedule_lengths
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT = ROOT / "examples" / "gpt"
@@ -33,13 +34,13 @@ _LAUNCHER_VARS = (
     "TP", "PP", "MODE", "BUDGET", "NNODES", "NODE_RANK", "GPUS_PER_NODE", "MASTER_ADDR", "MASTER_PORT",
     "DATA_PATH", "DATA_PREFIX", "TOKENIZER_MODEL", "VOCAB_FILE", "MERGE_FILE", "CHECKPOINT_DIR", "OUTPUT_DIR",
     "EXTRA_ARGS", "MICRO_BATCH", "GLOBAL_BATCH", "LR", "TRAIN_ITERS", "NPROC", "RECOMPUTE", "ROOT",
-    "SEQUENCE_PARALLEL", "DIST_OPT", "LTD_LAYERS", "TRAIN_ITERS_CAP",
+    "SEQUENCE_PARALLEL", "DIST_OPT", "LTD_LAYERS", "DECAY_TOKENS",
 )
 
 
 def _env(**overrides: str) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in _LAUNCHER_VARS}
-    env["PYTHON"] = sys.executable  # the random-LTD launcher computes its iteration cap with it
+    env["PYTHON"] = sys.executable  # the small CPU launcher runs pretrain_gpt.py with it
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 
@@ -99,7 +100,9 @@ def test_baseline_recipe(files):
     assert m.init_method_std == 0.013
     assert (t.global_batch_size, t.adam_beta1, t.adam_beta2, t.weight_decay, t.clip_grad) == (512, 0.9, 0.95, 0.1, 1.0)
     assert (lr.lr, lr.min_lr, lr.lr_decay_style, lr.lr_schedule_unit) == (2e-4, 1e-6, "cosine", "tokens")
-    assert (lr.lr_warmup_tokens, lr.lr_decay_tokens, t.train_tokens) == (3 * 10**9, 300 * 10**9, 300 * 10**9)
+    assert (lr.lr_warmup_tokens, lr.lr_decay_tokens, t.train_tokens) == (3 * 10**9, None, 300 * 10**9)
+    run = run_length(cfg)  # the decay spans the exact run: 286,103 steps of 2**20 tokens
+    assert run.iterations == 286103 and schedule_lengths(cfg, run)[1] == 286103 * 2**20
     assert cfg.precision.bf16 and not cfg.random_ltd.enabled
     assert cfg.checkpoint.save == cfg.checkpoint.load == files["CHECKPOINT_DIR"]
     assert cfg.tokenizer.tokenizer_type == "SentencePieceTokenizer"
@@ -147,16 +150,20 @@ def test_random_ltd_recipe(budget, files):
     m, t, lr, ltd = cfg.model, cfg.training, cfg.lr, cfg.random_ltd
     assert (m.num_layers, m.hidden_size, m.seq_length, t.global_batch_size) == (24, 2048, 2048, 512)
     assert (lr.lr, lr.min_lr, lr.lr_schedule_unit) == (lr_value, 1e-6, "layer-averaged-tokens")
-    assert (lr.lr_warmup_tokens, lr.lr_decay_tokens) == (3 * 10**9, tokens)
-    assert t.train_layer_tokens == tokens * 24
+    assert (lr.lr_warmup_tokens, lr.lr_decay_tokens) == (3 * 10**9, None)  # decay: the exact run
+    assert t.train_layer_tokens == tokens * 24 and t.train_iters is None  # the budget flag alone
     assert ltd.enabled and ltd.resolve_layers(24) == list(range(1, 23))
     assert (ltd.min_seq, ltd.resolved_max_seq(2048), ltd.seq_step, ltd.require_steps) == (128, 2048, 16, ramp)
-    # The safety cap is one past the iteration where the layer-token budget is reached.
-    assert t.train_iters == iters + 1
+    # The trainer's exact run reaches the budget at the header's iteration, and the LR decays over
+    # the layer-averaged tokens of exactly that run.
+    run = run_length(cfg)
+    assert run.iterations == iters and run.stopped_by.startswith("--train-layer-tokens")
+    assert schedule_lengths(cfg, run) == (3 * 10**9, run.amount("layer-averaged-tokens"))
+    assert run.amount("layer-tokens") >= tokens * 24 > run.amount("layer-tokens") - 512 * 2048 * 24
 
 
 def _iterations_to_budget(gbs, num_layers, ltd_layers, ramp, budget_layer_tokens, seq=2048):
-    """Iterations until the trainer's layer-token counter reaches the budget (its own accounting)."""
+    """Iterations until the layer-token counter reaches the budget, one step at a time."""
     from megatron.ltd.config import RandomLTDConfig
     from megatron.ltd.schedule import kept_length
     from megatron.training.lr_schedule import StepWork
@@ -170,25 +177,24 @@ def _iterations_to_budget(gbs, num_layers, ltd_layers, ramp, budget_layer_tokens
     return it
 
 
-def test_random_ltd_cap_matches_trainer_accounting(files):
-    """The launcher writes the kept-length ramp out in Python without torch; it must agree with the
-    library's schedule and the trainer's accounting: the header's 372,757, and a non-default case."""
+def test_random_ltd_run_length_matches_a_step_by_step_count(files):
+    """The header's 372,757, and a non-default case, counted one step at a time."""
     assert _iterations_to_budget(512, 24, None, 200000, 300 * 10**9 * 24) == BUDGETS["300B"][2]
     _, args, world = dry_run(RANDOM_LTD, BUDGET="150B", GLOBAL_BATCH="1024", LTD_LAYERS="1,2,3",
                              LTD_REQUIRE_STEPS="50000", DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
                              CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"])
     cfg = parse_pretrain_config(args, world_size=world)
-    assert cfg.training.train_iters == _iterations_to_budget(1024, 24, [1, 2, 3], 50000, 150 * 10**9 * 24) + 1
+    assert run_length(cfg).iterations == _iterations_to_budget(1024, 24, [1, 2, 3], 50000, 150 * 10**9 * 24)
 
 
 def test_random_ltd_overrides(files):
     _, args, world = dry_run(RANDOM_LTD, BUDGET="200B", DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
-                             CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"], TRAIN_ITERS_CAP="0",
+                             CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"], DECAY_TOKENS="1000000000",
                              LTD_LAYERS="2 3 4", LR="1e-4", TP="4", SEQUENCE_PARALLEL="1", GPUS_PER_NODE="4")
-    assert "--train-iters" not in args
     cfg = parse_pretrain_config(args, world_size=world)
     assert cfg.random_ltd.resolve_layers(24) == [2, 3, 4] and cfg.lr.lr == 1e-4
-    assert cfg.training.train_iters is None and cfg.parallel.sequence_parallel
+    assert cfg.lr.lr_decay_tokens == 10**9 and cfg.parallel.sequence_parallel
+    assert cfg.random_ltd.resolved_strata(True) == 8  # TP 4 divides the default strata
     proc = run_launcher(RANDOM_LTD, BUDGET="100B", DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"])
     assert proc.returncode != 0 and "BUDGET" in proc.stderr
 

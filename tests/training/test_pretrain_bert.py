@@ -207,6 +207,7 @@ def test_baseline_launcher(tmp_path):
 
 def test_random_ltd_launcher_matches_the_schedule(tmp_path):
     from megatron.ltd.schedule import kept_length, layer_averaged_tokens
+    from megatron.training.lr_schedule import run_length, schedule_lengths
 
     cfg, world = _dry_run(RANDOM_LTD, tmp_path, TRAIN_ITERS="30000", NNODES="2")
     _check_large(cfg)
@@ -214,8 +215,10 @@ def test_random_ltd_launcher_matches_the_schedule(tmp_path):
     assert world == 16 and ltd.enabled and ltd.resolve_layers(24) == list(range(1, 23))
     assert (ltd.min_seq, ltd.resolved_max_seq(512), ltd.seq_step, ltd.require_steps) == (128, 512, 16, 30000)
     assert cfg.lr.lr_schedule_unit == "layer-averaged-tokens"
+    assert (cfg.lr.lr_warmup_iters, cfg.lr.lr_warmup_tokens, cfg.lr.lr_decay_tokens) == (10_000, None, None)
+    # The trainer turns the warmup iterations and the run into layer-averaged tokens, walking the ramp.
     per_step = [layer_averaged_tokens(1024, 512, kept_length(i, ltd, 512), 24, 22) for i in range(t.train_iters)]
-    assert cfg.lr.lr_warmup_tokens == sum(per_step[:10_000]) and cfg.lr.lr_decay_tokens == sum(per_step)
+    assert schedule_lengths(cfg, run_length(cfg)) == (sum(per_step[:10_000]), sum(per_step))
 
 
 def test_launchers_refuse_missing_inputs(tmp_path):
