@@ -115,6 +115,11 @@ def test_token_accounting_formulas():
         (dict(min_seq=130), 2048, 24, 4, True, "--random-ltd-min-seq"),
         (dict(seq_step=6), 2048, 24, 4, True, "--random-ltd-seq-step"),
         (dict(max_seq=1026), 2048, 24, 4, True, "--random-ltd-max-seq"),
+        (dict(strata=4), 2048, 24, 8, True, "--random-ltd-strata"),  # TP 8 cannot split 4 strata
+        (dict(), 2048, 24, 16, True, "--random-ltd-strata"),  # the default 8 strata: TP 16 needs more
+        (dict(strata=0), 2048, 24, 1, False, "--random-ltd-strata"),
+        (dict(strata=32, min_seq=16), 2048, 24, 1, False, "--random-ltd-min-seq"),  # 16 tokens in 32 strata
+        (dict(strata=3), 2048, 24, 1, False, "--seq-length"),
     ],
 )
 def test_invalid_settings_name_the_flag(kw, seq, layers, tp, sp, flag):
@@ -127,6 +132,17 @@ def test_valid_settings_pass_and_disabled_is_not_checked():
     _cfg(min_seq=128, seq_step=16).validate(2048, 24, 8, True)
     _cfg(min_seq=130).validate(2048, 24, 4, False)  # divisibility only matters under SP
     _cfg(constant_k=1024, require_steps=None).validate(2048, 24, 8, True)
+    _cfg(strata=16, min_seq=128, seq_step=16).validate(2048, 24, 16, True)
+
+
+def test_strata_never_depend_on_the_tp_size():
+    """The plan's strata are a setting of the run: 1 without sequence parallelism (the paper's
+    uniform subset), 8 with it, whatever the TP size; an explicit value wins."""
+    cfg = _cfg()
+    assert cfg.resolved_strata(False) == 1 and cfg.resolved_strata(True) == 8
+    for tp in (1, 2, 4, 8):
+        cfg.validate(2048, 24, tp, True)  # the same default fits every TP size that divides it
+    assert _cfg(strata=4).resolved_strata(True) == _cfg(strata=4).resolved_strata(False) == 4
     RandomLTDConfig(enabled=False, min_seq=10**9).validate(16, 1)
 
 
@@ -144,6 +160,7 @@ def test_flags_roundtrip_and_seed_fallback():
     )
     cfg = random_ltd_config_from_args(args)
     assert cfg == RandomLTDConfig(True, [1, 2, 3, 4], 64, 512, 100, 32, None, 1234)
+    assert random_ltd_config_from_args(parser.parse_args(["--random-ltd-strata", "4"])).strata == 4
     cfg = random_ltd_config_from_args(parser.parse_args(["--random-ltd-seed", "7", "--random-ltd-constant-k", "8"]))
     assert (cfg.enabled, cfg.seed, cfg.constant_k, cfg.layers) == (False, 7, 8, None)
     with pytest.raises(ValueError, match="--random-ltd-layers"):
