@@ -10,8 +10,10 @@ RNG per pipeline stage, so it differs between layouts.
 
 The tolerance (relative 1e-5 on the loss): layouts sum the same terms in a different order (TP
 splits matmul reductions, DP all-reduces micro-batch gradients), which moves fp32 results in the
-last bits (~1e-7 relative); three Adam steps amplify that to ~1e-6 at most here. A dropped or
-misplaced token changes the loss by ~1e-2, three orders of magnitude above the bound.
+last bits. Measured (2026-12-01, this CPU, `python -m pytest tests/training/test_loss_compare.py`
+with the losses printed): at most 4.9e-8 relative over the three steps (the PP layouts and TP=4 are
+bit-identical here). Dropping other tokens moves the loss far more: the same run with the plan cut
+into 2 or 1 strata instead of 4 differs by 1.3e-3 and 3.6e-3 relative, 100x the bound.
 """
 
 from __future__ import annotations
