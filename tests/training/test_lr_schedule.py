@@ -16,7 +16,7 @@ from megatron.training.lr_schedule import StepWork, TokenCounters, add_step, exa
 from tests.multirank import run_multirank
 from tests.training.trainer_utils import TINY_GPT, run_trainer
 
-LTD = ["--random-ltd", "--random-ltd-min-seq", "8", "--random-ltd-seq-step", "8", "--random-ltd-require-steps", "12"]
+LTD = ["--random-ltd", "--random-ltd-min-seq", "8", "--random-ltd-seq-step", "8", "--random-ltd-require-steps", "6"]
 
 
 def _walk(t: TrainingConfig, work_at):
@@ -60,13 +60,13 @@ def test_exact_run_equals_a_step_by_step_walk():
 
 # The three runs the issue names, plus a samples budget ended by a tighter layer-averaged one.
 CASES = {
-    "iters, unit layer-tokens, ramp": LTD + ["--train-iters", "20", "--lr-schedule-unit", "layer-tokens"],
-    "iters + tighter layer-tokens, unit iterations": LTD + ["--train-iters", "1000", "--train-layer-tokens", "12000",
+    "iters, unit layer-tokens, ramp": LTD + ["--train-iters", "8", "--lr-schedule-unit", "layer-tokens"],
+    "iters + tighter layer-tokens, unit iterations": LTD + ["--train-iters", "1000", "--train-layer-tokens", "6000",
                                                             "--lr-schedule-unit", "iterations"],
-    "layer-averaged tokens, unit layer-tokens": LTD + ["--train-layer-averaged-tokens", "3000",
+    "layer-averaged tokens, unit layer-tokens": LTD + ["--train-layer-averaged-tokens", "1500",
                                                        "--lr-schedule-unit", "layer-tokens"],
     "samples + tighter layer-averaged, unit samples": LTD + ["--train-samples", "4000", "--train-layer-averaged-tokens",
-                                                             "2000", "--lr-schedule-unit", "samples",
+                                                             "1000", "--lr-schedule-unit", "samples",
                                                              "--lr-warmup-fraction", "0.2"],
 }
 
@@ -86,8 +86,8 @@ def test_lr_reaches_min_lr_exactly_at_the_last_iteration(tmp_path):
         assert [row["lr"] for row in rows[rows.index(max(rows, key=lambda x: x["lr"])):]] == sorted(
             [row["lr"] for row in rows[rows.index(max(rows, key=lambda x: x["lr"])):]], reverse=True), name
     # The tighter token budget ends the 1000-iteration run long before 1000 steps.
-    assert out["iters + tighter layer-tokens, unit iterations"]["summary"]["stopped_by"] == "--train-layer-tokens 12000"
-    assert out["iters + tighter layer-tokens, unit iterations"]["lr_lengths"][1] < 30
+    assert out["iters + tighter layer-tokens, unit iterations"]["summary"]["stopped_by"] == "--train-layer-tokens 6000"
+    assert out["iters + tighter layer-tokens, unit iterations"]["lr_lengths"][1] == 8
     assert out["samples + tighter layer-averaged, unit samples"]["summary"]["stopped_by"].startswith(
         "--train-layer-averaged-tokens")
 

@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional
 
 TINY_GPT = [
     "--mock-data", "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4",
-    "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "8", "--vocab-size", "128",
+    "--seq-length", "32", "--micro-batch-size", "4", "--global-batch-size", "8", "--vocab-size", "128",
     "--lr", "3e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine", "--log-interval", "1",
     "--eval-interval", "1000", "--eval-iters", "0", "--no-progress", "--cpu",
 ]
