@@ -5,8 +5,9 @@ It uses no torch RNG state and no communication, so every tensor-/context-parall
 recomputed forward, a resumed run and any TP/PP/DP layout compute the same indices on their own.
 The number of strata is a setting of the run (``--random-ltd-strata``), never the TP size: a
 sequence-parallel layer splits the sequence into ``tp`` shards, and any ``tp`` that divides the
-number of strata finds whole strata in its shard, so TP=2 and TP=4 drop the same tokens. It is also bit-identical on CPU and CUDA: only integer ops, on values
-kept below 2**49 (no int64 overflow), and the keys of one row are all distinct (no ties to break).
+number of strata finds whole strata in its shard, so TP=2 and TP=4 drop the same tokens. The plan
+is also bit-identical on CPU and CUDA: only integer ops, on values kept below 2**49 (no int64
+overflow), and the keys of one row are all distinct (no ties to break).
 
 How: every (layer, sample, position) gets a 32-bit key ``mix32(P[pos] ^ row_base)``, where
 ``P = mix32(arange(s))`` and ``row_base`` hashes (seed, iteration, layer, sample id). ``mix32`` is
