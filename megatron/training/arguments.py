@@ -17,6 +17,7 @@ from megatron.ltd.config import add_random_ltd_args, random_ltd_config_from_args
 from megatron.training.cli import add_dataclass_args, dataclass_from_args
 from megatron.training.config import (
     CheckpointConfig,
+    FaultConfig,
     LoggingConfig,
     LRConfig,
     ModelConfig,
@@ -34,6 +35,7 @@ _AREAS = (
     ("lr", LRConfig, "learning rate"),
     ("checkpoint", CheckpointConfig, "checkpointing"),
     ("logging", LoggingConfig, "logging"),
+    ("fault", FaultConfig, "fault tolerance"),
 )
 
 
