@@ -132,3 +132,47 @@ def test_loss_spike_stops_before_saving(tmp_path):
 def test_consecutive_skipped_fp16_steps_stop_with_a_clear_error():
     with pytest.raises(TrainingStopped, match=r"3 consecutive fp16 steps overflowed \(iterations 1-3"):
         train(TINY + ["--train-iters", "20", "--fp16", "--loss-scale", "1e30", "--max-consecutive-skipped-steps", "3"])
+
+
+# ------------------------------------------------------------------ resume must not change the run
+
+
+def test_lr_schedule_that_differs_needs_one_of_megatron_lms_two_flags(saved, capsys):
+    longer = ARGS[:-1] + ["9", "--load", saved]  # --train-iters 9: a longer decay than the checkpoint's
+    with pytest.raises(CheckpointError) as err:
+        _loaded(longer)
+    assert "--override-opt_param-scheduler" in str(err.value) and "--use-checkpoint-opt_param-scheduler" in str(err.value)
+    assert "lr_decay_steps" in str(err.value)
+    for flag in ("--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"):
+        with open_trainer(longer + [flag]) as (trainer, _):
+            sched = trainer.scheduler
+            assert sched.num_steps == 6  # the position always comes from the checkpoint
+            new_decay = flag.startswith("--override")
+            assert (sched.lr_decay_steps > 6) == new_decay, (flag, sched.lr_decay_steps)
+            capsys.readouterr()
+            trainer._print_header()  # the header prints the values in force
+            assert f"decay {sched.lr_decay_steps:,}" in capsys.readouterr().out
+
+
+def test_no_load_optim_keeps_the_schedule_position(saved):
+    with open_trainer(ARGS + ["--load", saved]) as (trainer, _):
+        position, lr = trainer.scheduler.num_steps, trainer.optimizer.param_groups[0]["lr"]
+    with open_trainer(ARGS + ["--load", saved, "--no-load-optim"]) as (trainer, _):
+        assert trainer.counters.iteration == 6
+        assert trainer.scheduler.num_steps == position == 6
+        assert trainer.optimizer.param_groups[0]["lr"] == lr
+
+
+def test_changed_random_ltd_settings_are_refused_unless_asked_for(saved):
+    for extra, flag in ((["--random-ltd-seed", "7"], "--random-ltd-seed"), (["--random-ltd-require-steps", "8"], "--random-ltd-require-steps")):
+        with pytest.raises(CheckpointError, match=flag):
+            _loaded(ARGS + extra + ["--load", saved])
+    it, _, _ = _loaded(ARGS + ["--random-ltd-seed", "7", "--random-ltd-allow-change", "--load", saved])
+    assert it == 6
+
+
+def test_missing_rng_file_is_reported(saved, tmp_path):
+    d = _copy(saved, tmp_path)
+    os.remove(os.path.join(d, "iter_0000006", "rng", "rank_00000.pt"))
+    it, _, out = _loaded(ARGS + ["--load", d])
+    assert it == 6 and "no RNG state for 1 rank(s)" in out and "rank_00000.pt is missing" in out
