@@ -224,12 +224,20 @@ def _load_distributed_optimizer_state(optimizer, states) -> None:
     """megatron-core's ``load_parameter_state`` minus its own unguarded torch.load: the file was
     already read (and its errors named) on DP rank 0; the other ranks pass None."""
     inner = getattr(optimizer, "chained_optimizers", [optimizer])
-    if len(inner) == 1:
-        inner[0].load_parameter_state_from_dp_zero(states)
-        return
     for idx, opt in enumerate(inner):
-        if hasattr(opt, "load_parameter_state_from_dp_zero"):
-            opt.load_parameter_state_from_dp_zero(states[idx] if states else None)
+        if not hasattr(opt, "load_parameter_state_from_dp_zero"):
+            continue
+        # megatron-core 0.16.1 copies every per-param state entry from the file, which holds only
+        # param/exp_avg/exp_avg_sq; torch's Adam (used without Apex/TE) also keeps "step" there.
+        # Set it aside (load_state_dict has already restored it) and put it back afterwards, one
+        # tensor per param: load_state_dict leaves one tensor shared by all params, which torch's
+        # Adam would then advance once per param at every step (a wrong bias correction).
+        steps = {p: st.pop("step") for p, st in opt.optimizer.state.items() if "step" in st}
+        try:
+            opt.load_parameter_state_from_dp_zero(states if len(inner) == 1 else (states[idx] if states else None))
+        finally:
+            for p, step in steps.items():
+                opt.optimizer.state[p]["step"] = step.clone() if torch.is_tensor(step) else step
 
 
 def _apply(files: Dict[str, Any], models, optimizer, scheduler, meta, opts: ResumeOptions, use_dist_opt: bool, path: str) -> None:
@@ -244,7 +252,9 @@ def _apply(files: Dict[str, Any], models, optimizer, scheduler, meta, opts: Resu
             raise CheckpointError(f"{path} holds no optimizer state: add --no-load-optim")
         optimizer.load_state_dict(state["optimizer"])
         if use_dist_opt:
-            _load_distributed_optimizer_state(optimizer, files["distrib"])
+            # fp32 runs: the "main" params are the model's own leaf params, written in place.
+            with torch.no_grad():
+                _load_distributed_optimizer_state(optimizer, files["distrib"])
     # The schedule position belongs with the counters: restored with --no-load-optim too.
     if scheduler is not None and state.get("scheduler") is not None:
         load_scheduler(scheduler, state["scheduler"], opts.override_scheduler, opts.use_checkpoint_scheduler,
