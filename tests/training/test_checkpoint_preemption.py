@@ -59,7 +59,8 @@ def test_sigterm_on_one_rank_saves_exits_0_and_resumes_exactly(tmp_path):
 
 def test_stuck_rank_times_out_with_the_step_named_and_the_job_goes_down(tmp_path):
     t0 = time.time()
-    proc = run_pretrain(ARGS + ["--train-iters", "1000", "--distributed-timeout-minutes", "0.1"], nproc=2,
+    args = [a for a in ARGS if a != "--exit-signal-handler"]  # the launcher's SIGTERM must end the stuck rank
+    proc = run_pretrain(args + ["--train-iters", "1000", "--distributed-timeout-minutes", "0.1"], nproc=2,
                         env={"MEGATRON_LTD_HANG_AT": "3:1"}, check=False)
     wall = time.time() - t0
     out = proc.stdout + proc.stderr
