@@ -111,8 +111,11 @@ def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: 
             diffs.append(f"--{k.replace('_', '-')}: checkpoint {saved.get(k)!r}, this run {v!r}")
     saved_vocab = meta.get("padded_vocab_size")
     if padded_vocab_size is not None and saved_vocab is not None and saved_vocab != padded_vocab_size:
+        tok = meta.get("tokenizer") or {}
         diffs.append(f"vocabulary (--vocab-size / tokenizer, padded): checkpoint {saved_vocab}, this run {padded_vocab_size}; "
-                     f"the checkpoint's tokenizer: {meta.get('tokenizer')}")
+                     f"resume with the checkpoint's tokenizer: --tokenizer-type {tok.get('tokenizer_type')}"
+                     + "".join(f" --{k.replace('_', '-')} {v}" for k, v in tok.items()
+                               if v is not None and k in ("vocab_size", "tokenizer_model", "vocab_file", "merge_file")))
     if diffs:
         raise CheckpointError("checkpoint model flags differ from this run:\n  " + "\n  ".join(diffs))
     saved_layout = meta.get("layout", {})

@@ -121,6 +121,15 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
             raise ValueError("--micro-batch-size must be >= 1")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ValueError(f"--global-batch-size must be >= 1, got {self.global_batch_size} (leave it out for "
+                             "--micro-batch-size x data-parallel size)")
+        if self.eval_iters < 0:
+            raise ValueError(f"--eval-iters must be >= 0 (0 = no evaluation), got {self.eval_iters}")
+        if self.clip_grad < 0:
+            raise ValueError(f"--clip-grad must be >= 0 (0 = no clipping), got {self.clip_grad}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         lengths = (self.train_iters, self.train_samples, self.train_tokens, self.train_layer_tokens, self.train_layer_averaged_tokens)
         if all(v is None for v in lengths):
             raise ValueError("give a training length: --train-iters, --train-samples, --train-tokens, --train-layer-tokens "

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
+from megatron.data.providers import DataError
 from megatron.training.arguments import ConfigError, parse_pretrain_config
 from megatron.training.checkpointing import CheckpointError
 from megatron.training.guards import TrainingStopped
@@ -32,7 +33,7 @@ def main(model_type: str, make_task: Callable, prog: str, argv: Optional[Sequenc
         _fail(prog, e, 2)
     try:
         pretrain(cfg, task)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, DataError) as e:
         _fail(prog, e, 2)
     except TrainingStopped as e:
         _fail(prog, e, 1)

@@ -54,3 +54,24 @@ class LossGuard:
                 f"{self.skipped_run} consecutive fp16 steps overflowed (iterations {self.first_skipped}-{iteration}, loss "
                 f"scale {loss_scale:g}): no update was made. Drop --loss-scale (dynamic scaling) or lower it, lower --lr, "
                 "or use --bf16; --max-consecutive-skipped-steps sets this limit.")
+
+
+def check_token_ids(dataset, vocab_size: int, where: str, samples: int = 32) -> None:
+    """Before training: token ids at or above the model's vocabulary (a corpus made with another
+    tokenizer) would fail deep in the embedding with an IndexError. Reads the first samples only."""
+    from megatron.training.arguments import ConfigError
+
+    if dataset is None:
+        return
+    for i in range(min(len(dataset), samples)):
+        item = dataset[i]
+        for key in ("tokens", "text", "labels"):
+            ids = item.get(key) if isinstance(item, dict) else None
+            if ids is None:
+                continue
+            top = int(ids.max()) if hasattr(ids, "max") else max(ids)
+            if top >= vocab_size:
+                raise ConfigError(
+                    f"sample {i} of the training data holds token id {top}, but the vocabulary has {vocab_size} entries "
+                    f"({where}): the corpus was made with another tokenizer. Preprocess it with this tokenizer, or pass "
+                    "the tokenizer (and --vocab-size) it was made with")

@@ -20,7 +20,7 @@ import torch
 from megatron.ltd.schedule import kept_length
 from megatron.training import checkpoint_load, checkpointing, preemption
 from megatron.training.config import PretrainConfig
-from megatron.training.guards import LossGuard, TrainingDiverged, TrainingStopped  # noqa: F401 (re-exported)
+from megatron.training.guards import LossGuard, TrainingDiverged, TrainingStopped, check_token_ids  # noqa: F401 (re-exported)
 from megatron.training.lr_schedule import (
     StepWork,
     TokenCounters,
@@ -123,6 +123,8 @@ class Trainer:
         # Datasets before the checkpoint: building them may draw from the global RNGs, and the
         # restored RNG state must be the last thing set before the first resumed step.
         self.train_ds, self.valid_ds, self.test_ds = task.build_datasets(cfg, self.tokenizer, self._num_samples())
+        check_token_ids(self.train_ds, self.tokenizer.vocab_size, f"--data-path {cfg.data.data_path}, tokenizer "
+                        f"{getattr(cfg.tokenizer, 'tokenizer_type', None)}")
         self.loaded_from: Optional[str] = None
         if cfg.checkpoint.load:
             self._load()
