@@ -94,8 +94,9 @@ def plan_load(load: str) -> LoadPlan:
 
 
 def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: Dict[str, int], use_dist_opt: bool,
-                     all_flags: Optional[Dict[str, Any]] = None, padded_vocab_size: Optional[int] = None) -> None:
-    """Refuse a checkpoint whose model flags or parallel layout differ, naming each difference."""
+                     all_flags: Optional[Dict[str, Any]] = None, padded_vocab_size: Optional[int] = None) -> bool:
+    """Refuse a checkpoint whose model flags differ, naming each difference; True when the layout
+    differs and the checkpoint has a layout-independent copy (refused, with the way out, when not)."""
     saved = meta.get("model_flags", {})
     all_flags = all_flags or model_flags
     diffs = []
@@ -121,16 +122,21 @@ def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: 
     saved_layout = meta.get("layout", {})
     for key, flag in (("tp", "--tensor-model-parallel-size"), ("pp", "--pipeline-model-parallel-size"), ("vpp", "--num-layers-per-virtual-pipeline-stage")):
         if saved_layout.get(key) != layout.get(key):
+            if meta.get("resharding"):
+                return True
             raise CheckpointError(
                 f"checkpoint was saved with {flag} {saved_layout.get(key)}, this run uses {layout.get(key)}. "
                 "Resume with the saved layout, or convert it first: "
                 "tools/convert_checkpoint.py merges a checkpoint to TP=1/PP=1 (weights only; add --finetune or --no-load-optim)."
             )
     if use_dist_opt and saved_layout.get("dp") != layout.get("dp") and meta.get("distributed_optimizer"):
+        if meta.get("resharding"):
+            return True
         raise CheckpointError(
             f"distributed-optimizer state was saved with data-parallel size {saved_layout.get('dp')}, this run has "
             f"{layout.get('dp')}: resume with the same number of processes, or add --no-load-optim"
         )
+    return False
 
 
 _SCHEDULER_FLAGS = (("max_lr", "--lr"), ("min_lr", "--min-lr"), ("lr_warmup_steps", "--lr-warmup-*"),
@@ -208,10 +214,16 @@ class ResumeOptions:
     padded_vocab_size: Optional[int] = None
 
 
-def _read_rank_files(d: str, meta: Dict[str, Any], opts: ResumeOptions, use_dist_opt: bool) -> Dict[str, Any]:
+def _read_rank_files(d: str, meta: Dict[str, Any], opts: ResumeOptions, use_dist_opt: bool, reshard: bool) -> Dict[str, Any]:
     from megatron.core import parallel_state as ps
 
     verify_files(d, meta)
+    if reshard:
+        # Another layout: weights and optimizer state come from the layout-independent copy; the
+        # counters and the schedule from any rank file (they are global); RNG states do not carry over.
+        state = read_torch_file(os.path.join(d, rank_dir_name(0, 0), "model_optim_rng.pt"))
+        return {"state": state, "distrib": None, "rng": None, "reshard": True,
+                "rng_missing": "saved on another layout" if opts.load_rng and not opts.finetune else None}
     rank_dir = os.path.join(d, rank_dir_name(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()))
     out: Dict[str, Any] = {"state": read_torch_file(os.path.join(rank_dir, "model_optim_rng.pt")), "distrib": None, "rng": None}
     if use_dist_opt and ps.get_data_parallel_rank() == 0:
@@ -219,7 +231,7 @@ def _read_rank_files(d: str, meta: Dict[str, Any], opts: ResumeOptions, use_dist
     if opts.load_rng and not opts.finetune:
         rng_path = os.path.join(d, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
         out["rng"] = read_torch_file(rng_path) if os.path.isfile(rng_path) else None
-        out["rng_missing"] = None if os.path.isfile(rng_path) else rng_path
+        out["rng_missing"] = None if os.path.isfile(rng_path) else f"{rng_path} is missing"
     return out
 
 
@@ -245,12 +257,18 @@ def _load_distributed_optimizer_state(optimizer, states) -> None:
 
 def _apply(files: Dict[str, Any], models, optimizer, scheduler, meta, opts: ResumeOptions, use_dist_opt: bool, path: str) -> None:
     state = files["state"]
-    model_states = state["model"] if len(models) > 1 else [state["model"]]
-    for m, sd in zip(models, model_states):
-        unwrap(m).load_state_dict(sd, strict=True)
+    if files.get("reshard"):
+        from megatron.training import resharding
+
+        resharding.load(path, models, optimizer, int(meta.get("optimizer_step", 0)),
+                        opts.load_optim and not opts.finetune and optimizer is not None)
+    else:
+        model_states = state["model"] if len(models) > 1 else [state["model"]]
+        for m, sd in zip(models, model_states):
+            unwrap(m).load_state_dict(sd, strict=True)
     if opts.finetune:
         return
-    if opts.load_optim and optimizer is not None:
+    if opts.load_optim and optimizer is not None and not files.get("reshard"):
         if state.get("optimizer") is None:
             raise CheckpointError(f"{path} holds no optimizer state: add --no-load-optim")
         optimizer.load_state_dict(state["optimizer"])
@@ -282,11 +300,11 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
         files, error = None, None
         try:
             meta = read_metadata(plan.root, iteration)
-            check_compatible(meta, model_flags, layout, use_dist_opt, opts.all_flags, opts.padded_vocab_size)
+            reshard = check_compatible(meta, model_flags, layout, use_dist_opt, opts.all_flags, opts.padded_vocab_size)
             if not opts.finetune:
                 check_random_ltd(meta.get("random_ltd"), opts.random_ltd, opts.num_layers, opts.random_ltd_allow_change) \
                     if opts.random_ltd is not None else None
-            files = _read_rank_files(d, meta, opts, use_dist_opt)
+            files = _read_rank_files(d, meta, opts, use_dist_opt, reshard)
         except CheckpointDamaged as e:
             error = str(e)
         gathered: List[Any] = [None] * torch.distributed.get_world_size()
@@ -296,8 +314,10 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
             _apply(files, models, optimizer, scheduler, meta, opts, use_dist_opt, d)
             missing = [m for _, m in gathered if m]
             if missing:
-                say(f"[checkpoint] no RNG state for {len(missing)} rank(s) (e.g. {missing[0]} is missing): those ranks "
-                    "continue from --seed, so dropout and data order differ from an uninterrupted run")
+                say(f"[checkpoint] no RNG state for {len(missing)} rank(s) ({missing[0]}): those ranks continue from "
+                    "--seed, so dropout masks differ from an uninterrupted run")
+            if files.get("reshard"):
+                say(f"[checkpoint] {d} was saved on layout {meta.get('layout')}: resharded to {layout}")
             out = dict(files["state"].get("trainer") or {})
             out.update(iteration=iteration, path=d, fell_back=bool(failures))
             return out

@@ -189,10 +189,14 @@ def save_checkpoint(
         durable_torch_save(state, os.path.join(rank_dir, "model_optim_rng.pt"))
     _maybe_crash("save-model", iteration)
     durable_torch_save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
+    from megatron.training import resharding
+
+    optimizer_step = resharding.save(partial, models, optimizer)  # collective: the layout-independent copy
     dist.barrier()
 
     if rank == 0:
         meta = dict(metadata, iteration=iteration, complete=True, format_version=FORMAT_VERSION,
+                    resharding=resharding.DCP_DIR, optimizer_step=optimizer_step,
                     saved_at=time.strftime("%Y-%m-%d %H:%M:%S"), files=_file_sizes(partial))
         atomic_write_text(os.path.join(partial, "metadata.json"), json.dumps(meta, indent=1, sort_keys=True))
         _maybe_crash("save-before-rename", iteration)
