@@ -276,8 +276,9 @@ def _apply(files: Dict[str, Any], models, optimizer, scheduler, meta, opts: Resu
             # fp32 runs: the "main" params are the model's own leaf params, written in place.
             with torch.no_grad():
                 _load_distributed_optimizer_state(optimizer, files["distrib"])
-    # The schedule position belongs with the counters: restored with --no-load-optim too.
-    if scheduler is not None and state.get("scheduler") is not None:
+    # The schedule position belongs with the counters: restored with --no-load-optim too. A seed
+    # checkpoint (iteration 0) has no position: the loading run's schedule applies unchanged.
+    if scheduler is not None and state.get("scheduler") is not None and meta.get("iteration") != 0:
         load_scheduler(scheduler, state["scheduler"], opts.override_scheduler, opts.use_checkpoint_scheduler,
                        meta.get("lr_schedule_unit"), opts.lr_schedule_unit)
     if files.get("rng") is not None:
@@ -301,6 +302,8 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
         try:
             meta = read_metadata(plan.root, iteration)
             reshard = check_compatible(meta, model_flags, layout, use_dist_opt, opts.all_flags, opts.padded_vocab_size)
+            # A seed checkpoint (iteration 0) holds weights only: read them the layout-independent way.
+            reshard = reshard or (meta.get("iteration") == 0 and bool(meta.get("resharding")))
             if not opts.finetune:
                 check_random_ltd(meta.get("random_ltd"), opts.random_ltd, opts.num_layers, opts.random_ltd_allow_change) \
                     if opts.random_ltd is not None else None

@@ -1,6 +1,6 @@
-"""Resume on another layout: a checkpoint saved at TP=2 x PP=2 x DP=2 (distributed optimizer,
-random-LTD at k < s) continues at TP=1 x PP=1 x DP=4 and at TP=2 x PP=1 x DP=1 with the
-uninterrupted run's losses (fp32, relative 1e-5)."""
+"""Resume on another layout: a run that starts from a one-process seed checkpoint and saves at
+TP=2 x PP=2 x DP=2 (distributed optimizer, random-LTD at k < s) continues at TP=1 x PP=1 x DP=4 and
+at TP=2 x PP=1 x DP=1 with the uninterrupted run's losses (fp32, relative 1e-5)."""
 
 import pytest
 
@@ -30,12 +30,20 @@ def body_train(ctx, args):
         trainer.close()
 
 
+def body_seed(ctx, args):
+    from megatron.training.entry import save_seed_main
+
+    return save_seed_main(args)
+
+
 def test_resume_on_other_layouts_continues_the_run(tmp_path):
-    ck = str(tmp_path / "ck")
+    ck, seed = str(tmp_path / "ck"), str(tmp_path / "seed")
     ref = str(tmp_path / "ref.jsonl")
+    run_multirank(body_seed, world_size=1, kwargs={"args": ARGS + ["--save", seed]})
     layout = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
     run_multirank(body_train, world_size=8, tp=2, pp=2, timeout_s=400,
-                  kwargs={"args": ARGS + layout + ["--save", ck, "--save-interval", "3", "--metrics-file", ref]})
+                  kwargs={"args": ARGS + layout + ["--load", seed, "--save", ck, "--save-interval", "3",
+                                                   "--metrics-file", ref]})
     expected = {r["iteration"]: r for r in read_metrics(ref)}
     for world, tp in ((4, 1), (2, 2)):
         out = str(tmp_path / f"tp{tp}dp{world // tp}.jsonl")
