@@ -9,16 +9,8 @@
 Flags follow Megatron-LM; ``--help`` lists them. GPU with NCCL when one is visible, else CPU/gloo.
 """
 
-import sys
-
-from megatron.training.arguments import ConfigError, parse_pretrain_config
 from megatron.training.bert import bert_task
-from megatron.training.trainer import pretrain
+from megatron.training.entry import main
 
 if __name__ == "__main__":
-    try:
-        cfg = parse_pretrain_config(model_type="bert")
-        task = bert_task(cfg)
-    except ConfigError as e:
-        sys.exit(f"pretrain_bert.py: error: {e}")
-    pretrain(cfg, task)
+    main("bert", bert_task, "pretrain_bert.py")

@@ -7,15 +7,8 @@
 Flags follow Megatron-LM; ``--help`` lists them. GPU with NCCL when one is visible, else CPU/gloo.
 """
 
-import sys
-
-from megatron.training.arguments import ConfigError, parse_pretrain_config
 from megatron.training.gpt import gpt_task
-from megatron.training.trainer import pretrain
+from megatron.training.entry import main
 
 if __name__ == "__main__":
-    try:
-        cfg = parse_pretrain_config(model_type="gpt")
-    except ConfigError as e:
-        sys.exit(f"pretrain_gpt.py: error: {e}")
-    pretrain(cfg, gpt_task(cfg))
+    main("gpt", gpt_task, "pretrain_gpt.py")

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         summary = preprocess(cfg)
     except (PreprocessError, FileNotFoundError, ValueError) as e:
         print(f"preprocess_data.py: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(summary.format())
     report = f"{args.output_prefix}_preprocess_report.json"
     with open(report, "w", encoding="utf-8") as f:

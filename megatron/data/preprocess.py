@@ -57,6 +57,10 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if not os.path.isfile(self.input):
             raise FileNotFoundError(f"--input {self.input!r} does not exist")
+        if self.output_prefix.endswith(("/", os.sep)) or os.path.isdir(self.output_prefix):
+            name = os.path.join(self.output_prefix, "corpus")
+            raise ValueError(f"--output-prefix {self.output_prefix!r} names a directory; give a file prefix such as "
+                             f"{name!r} (writes {name}_text_document.bin/.idx)")
         self.json_keys = list(self.json_keys)
         if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
             raise ValueError(f"--json-keys must be distinct and non-empty, got {self.json_keys}")
@@ -219,6 +223,8 @@ def _read_chunks(path: str, first: int, last: int, chunk_lines: int) -> Iterator
                 break
             if not chunk:
                 start = lineno
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors): not part of the first document
             chunk.append(raw.rstrip(b"\r\n") if raw.endswith(b"\n") else raw)
             if len(chunk) == chunk_lines:
                 yield start, chunk

@@ -128,11 +128,25 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
     return res
 
 
+def check_eval_args(args) -> Optional[str]:
+    """A flag the user can fix, named, before the checkpoint is loaded (None when all are fine)."""
+    for flag, value, least in (("--micro-batch-size", args.batch_size, 1), ("--eval-seq-length", args.eval_seq_length, 1),
+                               ("--overlapping-eval", args.stride, 1), ("--limit", args.limit, 1),
+                               ("--max-tokens", args.max_tokens, 1)):
+        if value is not None and value < least:
+            return f"{flag} must be >= {least}, got {value}"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from megatron.evaluation.checkpoint_loader import CheckpointError
     from megatron.evaluation.tasks import EvalDataError
 
     args = build_eval_parser().parse_args(argv)
+    problem = check_eval_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         run_eval(args)
     except (CheckpointError, EvalDataError) as e:

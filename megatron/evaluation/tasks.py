@@ -45,6 +45,18 @@ __all__ = [
 ]
 
 
+def _tokenize(tokenizer, text: str):
+    """The tokenizer's ids, or an error naming the tokenizer: a NullTokenizer (mock-data
+    checkpoints) reads whitespace-separated ids, not plain text."""
+    try:
+        return tokenizer.tokenize(text)
+    except ValueError as e:
+        raise EvalDataError(
+            f"the checkpoint's tokenizer ({type(tokenizer).__name__}) cannot read this text ({str(e)[:120]}); a "
+            "NullTokenizer reads whitespace-separated token ids: give such a file, or pass --tokenizer-type and "
+            "--tokenizer-model / --vocab-file for a real tokenizer") from None
+
+
 class EvalDataError(ValueError):
     """Evaluation data that cannot be used; the message names the file, line and problem."""
 
@@ -100,10 +112,10 @@ def lambada_requests(tokenizer, texts: Sequence[str], strict: bool) -> List[Tupl
         if strict:
             word = text.split()[-1]
             start = text.rfind(word)
-            context = tokenizer.tokenize(text[:start].strip())
-            target = tokenizer.tokenize(" " + word)
+            context = _tokenize(tokenizer, text[:start].strip())
+            target = _tokenize(tokenizer, " " + word)
         else:
-            ids = tokenizer.tokenize(text)
+            ids = _tokenize(tokenizer, text)
             context, target = ids[:-1], ids[-1:]
         if not context:
             context = [tokenizer.eod]
@@ -191,7 +203,7 @@ def evaluate_perplexity(loaded, data_path: str, stride: Optional[int] = None, ba
         raise EvalDataError("the checkpoint records no tokenizer: pass --tokenizer-type/--tokenizer-model")
     original = read_text(data_path)
     text = wikitext_detokenize(original) if detokenize else original
-    ids = tokenizer.tokenize(text)
+    ids = _tokenize(tokenizer, text)
     total_tokens = len(ids)
     words = count_words(original)
     if max_tokens is not None and total_tokens > max_tokens:

@@ -100,6 +100,7 @@ def init_distributed(
             tensor_model_parallel_size=tensor_model_parallel_size,
             pipeline_model_parallel_size=pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+            distributed_timeout_minutes=timeout_minutes,  # the subgroups' timeout (megatron-core default: 30)
         )
     return info
 

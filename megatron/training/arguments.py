@@ -14,9 +14,10 @@ from typing import List, Optional, Sequence
 from megatron.data.config import add_data_args, data_config_from_args
 from megatron.data.tokenizers import add_tokenizer_args, tokenizer_config_from_args
 from megatron.ltd.config import add_random_ltd_args, random_ltd_config_from_args
-from megatron.training.cli import add_dataclass_args, dataclass_from_args
+from megatron.training.cli import NEGATIVE_NUMBER, HelpFormatter, add_dataclass_args, dataclass_from_args
 from megatron.training.config import (
     CheckpointConfig,
+    FaultConfig,
     LoggingConfig,
     LRConfig,
     ModelConfig,
@@ -34,6 +35,7 @@ _AREAS = (
     ("lr", LRConfig, "learning rate"),
     ("checkpoint", CheckpointConfig, "checkpointing"),
     ("logging", LoggingConfig, "logging"),
+    ("fault", FaultConfig, "fault tolerance"),
 )
 
 
@@ -42,8 +44,8 @@ class ConfigError(ValueError):
 
 
 def build_parser(description: str = "Megatron-LTD pretraining", extra_args=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, formatter_class=HelpFormatter)
+    parser._negative_number_matcher = NEGATIVE_NUMBER  # `--lr -1e-3` reaches the value check
     for _, cls, title in _AREAS:
         add_dataclass_args(parser, cls, title)
     add_data_args(parser)
@@ -154,7 +156,42 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
     ck = cfg.checkpoint
     if ck.load is not None and not os.path.isdir(ck.load):
         raise ConfigError(f"--load {ck.load}: no such directory (give a directory written by --save)")
+    if ck.save is not None:
+        check_writable_dir("--save", ck.save)
+    for flag, path in (("--metrics-file", cfg.logging.metrics_file),):
+        if path is not None:
+            check_writable_file(flag, path)
+    if cfg.logging.tensorboard_dir is not None:
+        check_writable_dir("--tensorboard-dir", cfg.logging.tensorboard_dir)
     if t.exit_interval is not None and t.exit_interval < 1:
         raise ConfigError("--exit-interval must be >= 1")
     if cfg.model_type == "bert" and p.sequence_parallel:
         raise ConfigError("--sequence-parallel is not supported for BERT (its LM-head norm needs TransformerEngine/apex)")
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_writable_dir(flag: str, path: str) -> None:
+    """Refuse, before any work, a directory that cannot be written (not after the first iteration)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a file, not a directory: give a directory (it is created if missing)")
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+        raise ConfigError(f"{flag} {path}: {base} is a file, so the directory cannot be created")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {base} is not writable; choose a directory you can write to")
+
+
+def check_writable_file(flag: str, path: str) -> None:
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a directory: give a file path")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{flag} {path} is not writable; choose another file or fix its permissions")
+        return
+    check_writable_dir(flag, os.path.dirname(os.path.abspath(path)))

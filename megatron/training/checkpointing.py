@@ -14,6 +14,10 @@ metadata, renames the directory into place and only then replaces the tracker fi
 killed at any moment leaves either a ``.partial`` directory (ignored, cleaned up by the next
 save) or a complete directory the tracker does not name yet; ``--load`` only ever follows the
 tracker to a directory whose metadata says it is complete.
+
+``metadata.json`` also records the size of every file of the checkpoint, so a truncated or
+emptied file is found (and named) before anything is read. Loading, with its fallback to an
+older checkpoint, is in :mod:`megatron.training.checkpoint_load`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used for this run; the message says why and what to do."""
 
 
+class CheckpointDamaged(CheckpointError):
+    """A file of the checkpoint is missing, truncated or unreadable (an older one may still load)."""
+
+
 def iter_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
@@ -48,6 +56,9 @@ def rank_dir_name(tp_rank: int, pp_rank: int) -> str:
 def _maybe_crash(stage: str, iteration: int) -> None:
     """Fault injection for the kill-and-resume tests: MEGATRON_LTD_CRASH_AT=<stage>:<iteration>."""
     spec = os.environ.get("MEGATRON_LTD_CRASH_AT")
+    only_rank = os.environ.get("MEGATRON_LTD_CRASH_RANK")  # kill one rank only (the job must follow)
+    if only_rank is not None and only_rank != os.environ.get("RANK", "0"):
+        return
     if spec and spec == f"{stage}:{iteration}":
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -178,11 +189,15 @@ def save_checkpoint(
         durable_torch_save(state, os.path.join(rank_dir, "model_optim_rng.pt"))
     _maybe_crash("save-model", iteration)
     durable_torch_save(rng_state(), os.path.join(partial, "rng", f"rank_{rank:05d}.pt"))
+    from megatron.training import resharding
+
+    optimizer_step = resharding.save(partial, models, optimizer)  # collective: the layout-independent copy
     dist.barrier()
 
     if rank == 0:
         meta = dict(metadata, iteration=iteration, complete=True, format_version=FORMAT_VERSION,
-                    saved_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+                    resharding=resharding.DCP_DIR, optimizer_step=optimizer_step,
+                    saved_at=time.strftime("%Y-%m-%d %H:%M:%S"), files=_file_sizes(partial))
         atomic_write_text(os.path.join(partial, "metadata.json"), json.dumps(meta, indent=1, sort_keys=True))
         _maybe_crash("save-before-rename", iteration)
         if os.path.isdir(final):  # re-saving an iteration (e.g. after a resume): replace it whole
@@ -192,15 +207,31 @@ def save_checkpoint(
         _maybe_crash("save-before-tracker", iteration)
         atomic_write_text(os.path.join(root, TRACKER), str(iteration))
         if keep_last:
-            _prune(root, keep_last)
+            prune(root, keep_last, iteration)
     dist.barrier()
     return final
 
 
-def _prune(root: str, keep_last: int) -> None:
-    done = sorted(complete_iterations(root))
-    for it in done[:-keep_last]:
+def _file_sizes(directory: str) -> Dict[str, int]:
+    out = {}
+    for dirpath, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, directory)] = os.path.getsize(path)
+    return out
+
+
+def prune(root: str, keep_last: int, written: int) -> List[int]:
+    """Keep the checkpoint just written and the ``keep_last - 1`` newest older complete ones.
+    Newer directories (left by a run that was resumed from an older checkpoint) are not counted
+    and not deleted: the resumed run replaces each when it saves that iteration again."""
+    if keep_last < 1:
+        raise ValueError(f"--keep-last-checkpoints must be >= 1, got {keep_last}")
+    older = sorted(it for it in complete_iterations(root) if it < written)
+    doomed = older[: max(len(older) - (keep_last - 1), 0)]
+    for it in doomed:
         shutil.rmtree(iter_dir(root, it), ignore_errors=True)
+    return doomed
 
 
 def complete_iterations(root: str) -> List[int]:
@@ -239,81 +270,36 @@ def read_metadata(root: str, iteration: int) -> Dict[str, Any]:
             f"checkpoint {d} is missing or incomplete (no metadata.json); it may have been deleted. "
             f"Fix {os.path.join(root, TRACKER)} to name a complete iteration ({sorted(complete_iterations(root))})."
         )
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if not meta.get("complete"):
-        raise CheckpointError(f"checkpoint {d} is marked incomplete")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointDamaged(f"{meta_path} is damaged ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or not meta.get("complete"):
+        raise CheckpointDamaged(f"{meta_path} does not mark the checkpoint complete")
     return meta
 
 
-def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: Dict[str, int], use_dist_opt: bool) -> None:
-    """Refuse a checkpoint whose model flags or parallel layout differ, naming each difference."""
-    saved = meta.get("model_flags", {})
-    diffs = [
-        f"--{k.replace('_', '-')}: checkpoint {saved.get(k)!r}, this run {v!r}"
-        for k, v in model_flags.items()
-        if k in saved and saved[k] != v
-    ]
-    if diffs:
-        raise CheckpointError("checkpoint model flags differ from this run:\n  " + "\n  ".join(diffs))
-    saved_layout = meta.get("layout", {})
-    for key, flag in (("tp", "--tensor-model-parallel-size"), ("pp", "--pipeline-model-parallel-size"), ("vpp", "--num-layers-per-virtual-pipeline-stage")):
-        if saved_layout.get(key) != layout.get(key):
-            raise CheckpointError(
-                f"checkpoint was saved with {flag} {saved_layout.get(key)}, this run uses {layout.get(key)}. "
-                "Resume with the saved layout, or convert it first: "
-                "tools/convert_checkpoint.py merges a checkpoint to TP=1/PP=1 (weights only; add --finetune or --no-load-optim)."
-            )
-    if use_dist_opt and saved_layout.get("dp") != layout.get("dp") and meta.get("distributed_optimizer"):
-        raise CheckpointError(
-            f"distributed-optimizer state was saved with data-parallel size {saved_layout.get('dp')}, this run has "
-            f"{layout.get('dp')}: resume with the same number of processes, or add --no-load-optim"
-        )
+def verify_files(directory: str, meta: Dict[str, Any]) -> None:
+    """Compare every file with the size recorded at save time (checkpoints from before sizes were
+    recorded are not checked); name the first missing, empty or truncated file."""
+    for rel, size in sorted((meta.get("files") or {}).items()):
+        path = os.path.join(directory, rel)
+        if not os.path.isfile(path):
+            if rel.startswith("rng" + os.sep):
+                continue  # a missing RNG file is reported by the loader, and the run continues from --seed
+            raise CheckpointDamaged(f"{path} is missing")
+        actual = os.path.getsize(path)
+        if actual != size:
+            what = "empty (0 bytes)" if actual == 0 else f"truncated ({actual:,} of {size:,} bytes)"
+            raise CheckpointDamaged(f"{path} is {what}")
 
 
-def load_checkpoint(
-    root: str,
-    models: List[torch.nn.Module],
-    optimizer,
-    scheduler,
-    model_flags: Dict[str, Any],
-    layout: Dict[str, int],
-    load_optim: bool = True,
-    load_rng: bool = True,
-    distributed_optimizer: bool = False,
-) -> Optional[Dict[str, Any]]:
-    """Load the latest complete checkpoint under ``root``; returns its trainer state (None when the
-    directory holds no checkpoint yet, as on the first launch of a resumable job)."""
-    from megatron.core import parallel_state as ps
-
-    iteration = latest_iteration(root)
-    if iteration is None:
-        return None
-    meta = read_metadata(root, iteration)
-    use_dist_opt = distributed_optimizer and optimizer is not None
-    check_compatible(meta, model_flags, layout, use_dist_opt and load_optim)
-    d = iter_dir(root, iteration)
-    rank_dir = os.path.join(d, rank_dir_name(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()))
-    path = os.path.join(rank_dir, "model_optim_rng.pt")
+def read_torch_file(path: str) -> Any:
+    """torch.load that names the file when it is missing or cannot be read."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path} is missing: the checkpoint is damaged")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model_states = state["model"] if len(models) > 1 else [state["model"]]
-    for m, sd in zip(models, model_states):
-        unwrap(m).load_state_dict(sd, strict=True)
-    if load_optim and optimizer is not None:
-        if state.get("optimizer") is None:
-            raise CheckpointError(f"{path} holds no optimizer state: add --no-load-optim")
-        optimizer.load_state_dict(state["optimizer"])
-        if use_dist_opt:
-            optimizer.load_parameter_state(os.path.join(rank_dir, "distrib_optim.pt"))
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-    if load_rng:
-        rng_path = os.path.join(d, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
-        if os.path.isfile(rng_path):
-            set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
-    out = dict(state.get("trainer") or {})
-    out["iteration"] = iteration
-    out["path"] = d
-    return out
+        raise CheckpointDamaged(f"{path} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # any unpickling/zip error means a damaged file
+        raise CheckpointDamaged(f"{path} cannot be read ({type(e).__name__}: {str(e)[:200]})") from None

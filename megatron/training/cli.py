@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from typing import Any, Dict, Type, TypeVar
 
@@ -38,6 +39,23 @@ def parse_int(text: str) -> int:
         return int(value)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default printed once; none for on/off flags (``--no-load-optim`` "default: True" read as
+    "on") or for defaults of None."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        if "%(default)" in (action.help or "") or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# argparse takes "-1e-3" for an option (its negative-number pattern has no exponent), so
+# `--lr -1e-3` failed with "expected one argument" instead of the value check.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type, title: str) -> argparse._ArgumentGroup:
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
@@ -61,8 +79,6 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type, title: str) -
             kw["type"] = parse_int if tp is int else tp
         if "choices" in field.metadata:
             kw["choices"] = field.metadata["choices"]
-        if default is not None and help_text:
-            kw["help"] = f"{help_text} (default: {default})"
         group.add_argument(_flag(field), default=default, **kw)
         for alias in field.metadata.get("aliases", ()):
             group.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, type=kw.get("type"), help=argparse.SUPPRESS)

@@ -121,6 +121,15 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
             raise ValueError("--micro-batch-size must be >= 1")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ValueError(f"--global-batch-size must be >= 1, got {self.global_batch_size} (leave it out for "
+                             "--micro-batch-size x data-parallel size)")
+        if self.eval_iters < 0:
+            raise ValueError(f"--eval-iters must be >= 0 (0 = no evaluation), got {self.eval_iters}")
+        if self.clip_grad < 0:
+            raise ValueError(f"--clip-grad must be >= 0 (0 = no clipping), got {self.clip_grad}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         lengths = (self.train_iters, self.train_samples, self.train_tokens, self.train_layer_tokens, self.train_layer_averaged_tokens)
         if all(v is None for v in lengths):
             raise ValueError("give a training length: --train-iters, --train-samples, --train-tokens, --train-layer-tokens "
@@ -186,13 +195,62 @@ class CheckpointConfig:
     load_optim: bool = field(default=True, metadata=_m("Do not load optimizer state.", negate="--no-load-optim"))
     load_rng: bool = field(default=True, metadata=_m("Do not load RNG state.", negate="--no-load-rng"))
     finetune: bool = field(default=False, metadata=_m("Load weights only and start counters at zero."))
-    keep_last_checkpoints: Optional[int] = field(default=None, metadata=_m("Delete older complete checkpoints, keeping this many."))
+    keep_last_checkpoints: Optional[int] = field(
+        default=None, metadata=_m("After each save, delete older complete checkpoints so that this many remain, the "
+                                  "one just written included (default: keep all)."))
+    override_opt_param_scheduler: bool = field(
+        default=False, metadata=_m("On --load, take the LR schedule (LR, warmup, decay) from this run's flags; the "
+                                   "position comes from the checkpoint.", flag="--override-opt_param-scheduler"))
+    use_checkpoint_opt_param_scheduler: bool = field(
+        default=False, metadata=_m("On --load, take the LR schedule (LR, warmup, decay) from the checkpoint.",
+                                   flag="--use-checkpoint-opt_param-scheduler"))
+    random_ltd_allow_change: bool = field(
+        default=False, metadata=_m("On --load, accept random-LTD settings (seed, layers, ramp) that differ from the "
+                                   "checkpoint's (the dropped tokens change from then on)."))
 
     def __post_init__(self) -> None:
         if self.save_interval is not None and self.save is None:
             raise ValueError("--save-interval needs --save DIR")
         if self.save_interval is not None and self.save_interval < 1:
             raise ValueError("--save-interval must be >= 1")
+        if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
+            raise ValueError(f"--keep-last-checkpoints must be >= 1 (got {self.keep_last_checkpoints}); leave it out "
+                             "to keep every checkpoint")
+        if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
+            raise ValueError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler are mutually "
+                             "exclusive: pick one")
+
+
+@dataclass
+class FaultConfig:
+    """Preemption, hangs and runs that go wrong: stop cleanly, with the cause named."""
+
+    exit_signal_handler: bool = field(
+        default=False, metadata=_m("On SIGTERM or SIGUSR1 (what SLURM sends before a job ends), finish the current "
+                                   "step, save a checkpoint and exit 0, on every rank together."))
+    exit_duration_in_mins: Optional[float] = field(
+        default=None, metadata=_m("Save and exit 0 once the run has lasted this many minutes."))
+    distributed_timeout_minutes: float = field(
+        default=10.0, metadata=_m("A collective that does not complete within this many minutes stops the run with "
+                                  "the step named."))
+    loss_spike_factor: Optional[float] = field(
+        default=10.0, metadata=_m("Stop without saving when the loss exceeds this many times its mean over the last "
+                                  "--loss-spike-window iterations (0 = off), so every saved checkpoint predates it."))
+    loss_spike_window: int = field(default=20, metadata=_m("Iterations in the loss-spike guard's running mean."))
+    max_consecutive_skipped_steps: int = field(
+        default=100, metadata=_m("Stop when this many consecutive fp16 steps overflow (no update at all); 0 = never."))
+
+    def __post_init__(self) -> None:
+        if self.exit_duration_in_mins is not None and self.exit_duration_in_mins <= 0:
+            raise ValueError(f"--exit-duration-in-mins must be positive, got {self.exit_duration_in_mins}")
+        if self.distributed_timeout_minutes <= 0:
+            raise ValueError(f"--distributed-timeout-minutes must be positive, got {self.distributed_timeout_minutes}")
+        if self.loss_spike_factor is not None and self.loss_spike_factor != 0 and self.loss_spike_factor <= 1:
+            raise ValueError(f"--loss-spike-factor must be > 1 (or 0 to turn the guard off), got {self.loss_spike_factor}")
+        if self.loss_spike_window < 2:
+            raise ValueError(f"--loss-spike-window must be >= 2, got {self.loss_spike_window}")
+        if self.max_consecutive_skipped_steps < 0:
+            raise ValueError(f"--max-consecutive-skipped-steps must be >= 0, got {self.max_consecutive_skipped_steps}")
 
 
 @dataclass
@@ -221,6 +279,7 @@ class PretrainConfig:
     data: object  # megatron.data.config.DataConfig
     tokenizer: object  # megatron.data.tokenizers.TokenizerConfig
     random_ltd: object  # megatron.ltd.config.RandomLTDConfig
+    fault: FaultConfig = field(default_factory=FaultConfig)
     model_type: str = "gpt"
     extra: dict = field(default_factory=dict)
 

@@ -18,8 +18,9 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 from megatron.ltd.schedule import kept_length
-from megatron.training import checkpointing
+from megatron.training import checkpoint_load, checkpointing, preemption
 from megatron.training.config import PretrainConfig
+from megatron.training.guards import LossGuard, TrainingDiverged, TrainingStopped, check_token_ids  # noqa: F401 (re-exported)
 from megatron.training.lr_schedule import (
     StepWork,
     TokenCounters,
@@ -32,10 +33,6 @@ from megatron.training.lr_schedule import (
     step_work_fn,
 )
 from megatron.training.metrics import MetricsLogger, memory_summary, step_model_flops
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is kept untouched."""
 
 
 @dataclass
@@ -70,6 +67,7 @@ class Trainer:
             p.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=virtual_pipeline_size(m, p),
             force_cpu=p.cpu,
+            timeout_minutes=cfg.fault.distributed_timeout_minutes,
         )
         self.device = self.device_info.device
         set_seed(t.seed)
@@ -132,6 +130,8 @@ class Trainer:
         # Datasets before the checkpoint: building them may draw from the global RNGs, and the
         # restored RNG state must be the last thing set before the first resumed step.
         self.train_ds, self.valid_ds, self.test_ds = task.build_datasets(cfg, self.tokenizer, self._num_samples())
+        check_token_ids(self.train_ds, self.tokenizer.vocab_size, f"--data-path {cfg.data.data_path}, tokenizer "
+                        f"{getattr(cfg.tokenizer, 'tokenizer_type', None)}")
         self.loaded_from: Optional[str] = None
         if cfg.checkpoint.load:
             self._load()
@@ -139,6 +139,9 @@ class Trainer:
                                     t.train_iters, not cfg.logging.no_progress, self.counters.iteration)
         self.last_valid_loss: Optional[float] = None
         self.last_save_iteration: Optional[int] = None
+        f = cfg.fault
+        self.guard = LossGuard(f.loss_spike_factor, f.loss_spike_window, f.max_consecutive_skipped_steps)
+        self.stops = preemption.StopRequests(f.exit_signal_handler, f.exit_duration_in_mins, self.device)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
@@ -153,28 +156,44 @@ class Trainer:
             "padded_vocab_size": self.vocab_size,
             "layout": self.layout,
             "distributed_optimizer": cfg.parallel.use_distributed_optimizer,
-            "random_ltd": dataclasses.asdict(cfg.random_ltd),
+            "random_ltd": dataclasses.asdict(self._resolved_ltd()),
             "counters": self.counters.state_dict(),
             "lr_schedule_unit": cfg.lr.lr_schedule_unit,
         }
 
+    def _resolved_ltd(self):
+        """The random-LTD settings with the strata resolved: a change of strata (e.g. a resume
+        that turns sequence parallelism on or off) changes the dropped tokens."""
+        ltd = self.cfg.random_ltd
+        return dataclasses.replace(ltd, strata=ltd.resolved_strata(self.cfg.parallel.sequence_parallel))
+
     def _load(self) -> None:
-        ck = self.cfg.checkpoint
+        cfg, ck = self.cfg, self.cfg.checkpoint
         # Only flags that change what the weights mean must match (dropout, init, seq length may change).
-        must_match = {k: v for k, v in self.model_flags.items() if k in self.cfg.MODEL_FLAGS_THAT_MUST_MATCH}
-        state = checkpointing.load_checkpoint(
-            ck.load, self.models, self.optimizer, self.scheduler, must_match, self.layout,
-            load_optim=ck.load_optim and not ck.finetune, load_rng=ck.load_rng and not ck.finetune,
-            distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
-        )
+        must_match = {k: v for k, v in self.model_flags.items() if k in cfg.MODEL_FLAGS_THAT_MUST_MATCH}
+        opts = checkpoint_load.ResumeOptions(
+            load_optim=ck.load_optim, load_rng=ck.load_rng, finetune=ck.finetune,
+            distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+            override_scheduler=ck.override_opt_param_scheduler, use_checkpoint_scheduler=ck.use_checkpoint_opt_param_scheduler,
+            lr_schedule_unit=cfg.lr.lr_schedule_unit, random_ltd=self._resolved_ltd(), num_layers=cfg.model.num_layers,
+            random_ltd_allow_change=ck.random_ltd_allow_change, all_flags=self.model_flags, padded_vocab_size=self.vocab_size)
+        state = checkpoint_load.load_checkpoint(ck.load, self.models, self.optimizer, self.scheduler, must_match, self.layout,
+                                                opts, say=_rank0_print)
         if state is None:
-            _rank0_print(f"[checkpoint] no checkpoint in {ck.load} yet: starting from scratch")
             return
         self.loaded_from = state["path"]
         if not ck.finetune:
             self.counters.load_state_dict(state["counters"])
         _rank0_print(f"[checkpoint] loaded {state['path']} (iteration {state['iteration']}"
                      f"{', weights only' if ck.finetune else ''})")
+
+    def _kept_checkpoint(self) -> str:
+        """What a stop leaves on disk, for its message."""
+        newest = (checkpointing.iter_dir(self.cfg.checkpoint.save, self.last_save_iteration)
+                  if self.last_save_iteration is not None else self.loaded_from)
+        if newest is None:
+            return "nothing was saved" + ("" if self.cfg.checkpoint.save else " (no --save)")
+        return f"the newest checkpoint is {newest}, written before this iteration"
 
     def save(self) -> None:
         ck = self.cfg.checkpoint
@@ -279,15 +298,11 @@ class Trainer:
         losses = self._run_schedule(data_iterators, self._forward_step_fn(it, k), False, self.num_microbatches)
         loss = self._reduce_loss(losses)
         terms = self._reduce_all_keys(losses) if len(losses) and len(losses[0]) > 1 else {}
-        if not math.isfinite(loss):
-            where = f"the last good checkpoint is {self.last_save_iteration or self.loaded_from or 'none (no --save)'}"
-            raise TrainingDiverged(
-                f"loss is {loss} at iteration {it + 1}: stopping without saving; {where}. "
-                "Lower --lr, raise --lr-warmup-*, use --bf16 instead of --fp16, or check the data."
-            )
+        self.guard.check_loss(loss, it + 1, self._kept_checkpoint())
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             rewind_scheduler(self.scheduler, amount)
+        self.guard.after_step(ok, it + 1, float(self.optimizer.get_loss_scale()) if self.cfg.precision.fp16 else None)
         add_step(self.counters, work)  # the counters count computed work, applied or not (docs/random_ltd.md)
         lr = self.optimizer.param_groups[0]["lr"]
         return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
@@ -333,8 +348,16 @@ class Trainer:
         run_t0 = time.time()
         last: Dict[str, float] = {}
         stop_reason = reached_budget(self.counters, t)
+        preempted = None
         while stop_reason is None:
-            last = self.train_step(iterators)
+            preemption.inject_faults(self.counters.iteration + 1)
+            try:
+                last = self.train_step(iterators)
+            except Exception as e:  # name the step when a collective times out or loses a peer
+                if preemption.is_collective_failure(e):
+                    raise preemption.CollectiveFailed(preemption.describe_collective_failure(
+                        e, self.counters.iteration + 1, cfg.fault.distributed_timeout_minutes)) from e
+                raise
             it = self.counters.iteration
             checkpointing._maybe_crash("iteration", it)  # fault injection for the resume tests
             log_iters += 1
@@ -364,7 +387,13 @@ class Trainer:
             if t.exit_interval and it % t.exit_interval == 0 and stop_reason is None:
                 stop_reason = f"--exit-interval {t.exit_interval}"
                 break
-        if self.counters.iteration > start_it and self.counters.iteration % t.eval_interval != 0:
+            preempted = self.stops.agreed_stop() if stop_reason is None else None
+            if preempted:
+                stop_reason = preempted
+                break
+        if preempted and not cfg.checkpoint.save:
+            self.logger.print(f"[exit] stopping for {preempted}, but there is no --save: nothing is saved")
+        if not preempted and self.counters.iteration > start_it and self.counters.iteration % t.eval_interval != 0:
             self._eval_and_log(self.counters.iteration, time.time() - run_t0)
         if cfg.checkpoint.save and self.last_save_iteration != self.counters.iteration and self.counters.iteration > start_it:
             self.save()
@@ -422,10 +451,18 @@ class Trainer:
             f"{n_params:,} params on this rank | device {self.device_info.name} ({self.device_info.backend}) | "
             f"TP {self.layout['tp']} PP {self.layout['pp']} DP {self.layout['dp']} | global batch {cfg.training.global_batch_size} "
             f"= {self.num_microbatches} micro-batches x {cfg.training.micro_batch_size} x DP | {ltd} | "
-            f"LR unit {cfg.lr.lr_schedule_unit} (warmup {self.lr_lengths[0]:,}, decay {self.lr_lengths[1]:,})"
+            f"LR unit {cfg.lr.lr_schedule_unit} (warmup {self.scheduler.lr_warmup_steps:,}, decay {self.scheduler.lr_decay_steps:,}, "
+            f"lr {self.scheduler.max_lr:g} -> {self.scheduler.min_lr:g}{self._schedule_source()})"
         )
 
+    def _schedule_source(self) -> str:
+        ck = self.cfg.checkpoint
+        if self.loaded_from is None or ck.finetune:
+            return ""
+        return ", from the checkpoint" if ck.use_checkpoint_opt_param_scheduler else ""
+
     def close(self) -> None:
+        self.stops.close()
         self.logger.close()
 
 

@@ -78,7 +78,7 @@ def test_strict_fails_and_writes_nothing(tmp_path, capsys):
         f.write('{"text": null}\n')
     prefix = str(tmp_path / "out")
     assert main(["--input", inp, "--output-prefix", prefix, "--tokenizer-type", "ByteTokenizer",
-                 "--strict"]) == 1
+                 "--strict"]) == 2  # a problem the user fixes: exit code 2
     err = capsys.readouterr().err
     assert "in.jsonl:21" in err and "non-string value" in err
     assert os.listdir(tmp_path) == ["in.jsonl"]  # no outputs, no staging left behind

@@ -218,7 +218,9 @@ def test_slurm_launches_either_mode(files, tmp_path):
         head, args, world = dry_run(SLURM, MODE=mode, **common)
         assert _value(head, "--master-addr") == "gpu-node-07" and _value(head, "--node-rank") == "0"
         assert world == 8
-        assert parse_pretrain_config(args, world_size=world).lr.lr_schedule_unit == unit
+        cfg = parse_pretrain_config(args, world_size=world)
+        assert cfg.lr.lr_schedule_unit == unit
+        assert cfg.fault.exit_signal_handler  # SLURM's --signal makes every rank save and exit 0
     proc = run_launcher(SLURM, MODE="other", **common)
     assert proc.returncode != 0 and "MODE" in proc.stderr
 
