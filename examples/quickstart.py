@@ -175,10 +175,27 @@ def compare_losses(preset: str, summary: Dict[str, dict]) -> None:
             f"{n} {s['final_valid_loss']:.4f} vs {recorded[n]:.4f}" for n, s in summary.items() if n in recorded))
 
 
-def train_three(p: dict, data: dict, out_dir: str, seed: int) -> Dict[str, dict]:
+def finished_with(run_dir: str, args: List[str]) -> bool:
+    """True when ``run_dir`` holds a finished run made with exactly ``args``."""
+    try:
+        with open(os.path.join(run_dir, "args.json")) as f:
+            same = json.load(f) == args
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            return same and any(json.loads(line)["kind"] == "summary" for line in f if line.strip())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def train_three(p: dict, data: dict, out_dir: str, seed: int, reuse: bool = False) -> Dict[str, dict]:
     run_dirs = {name: os.path.join(out_dir, RUN_DIRS[name]) for name in RUNS}
     for name, (ltd, fraction) in RUNS.items():
-        run(name, train_args(p, data, run_dirs[name], ltd, fraction, seed), run_dirs[name])
+        args = train_args(p, data, run_dirs[name], ltd, fraction, seed)
+        if reuse and finished_with(run_dirs[name], args):
+            print(f"=== {name}: reusing the finished run in {run_dirs[name]}", flush=True)
+            continue
+        run(name, args, run_dirs[name])
+        with open(os.path.join(run_dirs[name], "args.json"), "w") as f:
+            json.dump(args, f)
     summary = summarize(run_dirs)
     for name, s in summary.items():
         if not s["final_valid_loss"] < s["first_valid_loss"]:
@@ -236,6 +253,8 @@ def main(argv=None) -> None:
                     help="run the three-run comparison once per seed and report mean and spread "
                          "(no zero-shot evaluation)")
     ap.add_argument("--skip-eval", action="store_true", help="skip the zero-shot evaluation at the end")
+    ap.add_argument("--reuse-runs", action="store_true",
+                    help="keep a run already finished in --out-dir with the same arguments (resume a study)")
     a = ap.parse_args(argv)
     p = dict(PRESETS[a.preset])
     if a.tokens:
@@ -252,20 +271,21 @@ def main(argv=None) -> None:
         per_seed = {}
         for seed in a.seeds:
             print(f"=== seed {seed}: baseline, random-LTD, random-LTD at 2/3 of the budget", flush=True)
-            per_seed[seed] = train_three(p, data, os.path.join(a.out_dir, f"seed{seed}"), seed)
+            per_seed[seed] = train_three(p, data, os.path.join(a.out_dir, f"seed{seed}"), seed, a.reuse_runs)
             print(format_table(per_seed[seed]), flush=True)
         stats = seed_statistics(per_seed)
         table = format_seed_table(stats, a.seeds)
         print(f"\n=== {len(a.seeds)} seeds: mean ± sample standard deviation\n{table}")
         report = {"preset": p, "seeds": a.seeds, "per_seed": per_seed, "statistics": stats, "table": table,
                   "corpus_sha256": data["corpus_sha256"], "corpus_matches_record": corpus_ok}
-        with open(os.path.join(a.out_dir, "seeds.json"), "w") as f:
+        name = "seeds.json" if len(a.seeds) > 1 else f"seed{a.seeds[0]}.json"
+        with open(os.path.join(a.out_dir, name), "w") as f:
             json.dump(report, f, indent=1)
-        print(f"\nreport: {os.path.join(a.out_dir, 'seeds.json')}")
+        print(f"\nreport: {os.path.join(a.out_dir, name)}")
         return
 
     print("=== 2/4 training: baseline, random-LTD, random-LTD at 2/3 of the budget", flush=True)
-    summary = train_three(p, data, a.out_dir, a.seed)
+    summary = train_three(p, data, a.out_dir, a.seed, a.reuse_runs)
     print("\n=== 3/4 comparison (each run to its own layer-averaged token budget, LayerToken LR)")
     print(format_table(summary))
     if corpus_ok:
