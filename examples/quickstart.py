@@ -133,16 +133,9 @@ def format_table(summary: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def check_corpus(preset: str, data: dict, versions: dict) -> bool:
     """Print the corpus checksum and whether it is the recorded one; warn (never fail) if not."""
-    from megatron.data.sample_corpus import compare_with_expected
+    from megatron.data.sample_corpus import compare_with_expected, tokenizer_fingerprint
 
     print(f"corpus sha256: {data['corpus_sha256']}")
     try:
@@ -151,10 +144,10 @@ def check_corpus(preset: str, data: dict, versions: dict) -> bool:
     except (OSError, json.JSONDecodeError):
         expected = {}
     diffs = compare_with_expected(data["corpus_sha256"], versions, expected)
-    tok_sha = file_sha256(data["tokenizer_model"])
-    if not diffs and tok_sha != expected.get("tokenizer_sha256"):
-        diffs = [f"same corpus, but the tokenizer model's sha256 {tok_sha[:16]}... differs from the recorded "
-                 f"{str(expected.get('tokenizer_sha256'))[:16]}... (another sentencepiece version?)"]
+    tok_sha = tokenizer_fingerprint(data["tokenizer_model"])
+    if not diffs and tok_sha != expected.get("tokenizer_vocab_sha256"):
+        diffs = [f"same corpus, but the tokenizer's vocabulary (sha256 {tok_sha[:16]}...) differs from the recorded "
+                 f"{str(expected.get('tokenizer_vocab_sha256'))[:16]}... (another sentencepiece version?)"]
     if not diffs:
         print("corpus and tokenizer: identical to the recorded ones (examples/quickstart_expected.json)")
         return True

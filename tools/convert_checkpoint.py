@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a == "--to-hf" or a.startswith("--to-hf=") for a in argv):
         return hf_main(argv)
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip() + "\n\n--to-hf options: see --to-hf OUT --help.\n")
     from megatron.evaluation.cli import convert_main
 
     return convert_main(argv)

@@ -111,6 +111,16 @@ def corpus_checksum(paths: Dict[str, str]) -> str:
     return h.hexdigest()
 
 
+def tokenizer_fingerprint(model_path: str) -> str:
+    """SHA-256 of a SentencePiece model's pieces and scores (the file itself also records the
+    path it was trained under, so its bytes differ between directories)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    text = "\n".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}" for i in range(sp.get_piece_size()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def compare_with_expected(checksum: str, versions: Dict[str, Optional[str]], expected: dict) -> List[str]:
     """Differences between this corpus and a recorded one (``{"corpus_sha256", "sources"}``), as
     readable lines; empty when the checksums agree."""
