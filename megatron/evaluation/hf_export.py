@@ -267,13 +267,17 @@ def export_to_hf(load_dir: str, out_dir: str, iteration: Optional[int] = None,
     if os.path.isdir(partial):
         shutil.rmtree(partial)
     os.makedirs(partial)
-    # Tied weights are stored once (transformers re-ties them on load).
-    save_file(weights, os.path.join(partial, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(partial, "config.json"), "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
-    with open(os.path.join(partial, "generation_config.json"), "w") as f:
-        json.dump(special, f, indent=1, sort_keys=True)
-    tokenizer = _write_tokenizer(meta, partial, int(flags.get("seq_length", 1024))) if write_tokenizer else None
+    try:
+        # Tied weights are stored once (transformers re-ties them on load).
+        save_file(weights, os.path.join(partial, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(partial, "config.json"), "w") as f:
+            json.dump(config, f, indent=1, sort_keys=True)
+        with open(os.path.join(partial, "generation_config.json"), "w") as f:
+            json.dump(special, f, indent=1, sort_keys=True)
+        tokenizer = _write_tokenizer(meta, partial, int(flags.get("seq_length", 1024))) if write_tokenizer else None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.rename(partial, out_dir)
