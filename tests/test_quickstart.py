@@ -20,7 +20,6 @@ def _rows(path, kind):
 
 def test_runs_are_set_by_their_budget_alone():
     from megatron.training.arguments import parse_pretrain_config
-    from megatron.training.lr_schedule import schedule_lengths
 
     p = quickstart.PRESETS["default"]
     data = {"tokenizer_type": "NullTokenizer", "tokenizer_model": "x", "train_prefix": "t", "valid_prefix": "v"}

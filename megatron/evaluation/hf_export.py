@@ -43,10 +43,6 @@ class ExportError(CheckpointError):
     """The checkpoint cannot be expressed as a transformers model (the message names the flag)."""
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def hf_architecture(flags: Mapping[str, Any]) -> str:
     """``"gpt2"`` or ``"llama"`` for a checkpoint's model flags; :class:`ExportError` otherwise."""
     pos = flags.get("position_embedding_type", "learned_absolute")
