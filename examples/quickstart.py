@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -168,27 +168,38 @@ def compare_losses(preset: str, summary: Dict[str, dict]) -> None:
             f"{n} {s['final_valid_loss']:.4f} vs {recorded[n]:.4f}" for n, s in summary.items() if n in recorded))
 
 
+def _portable(args: List[str], run_dir: str) -> List[str]:
+    """``args`` with the run's own directory replaced by a placeholder (a run may be moved)."""
+    return [a.replace(run_dir, "<run>") for a in args]
+
+
 def finished_with(run_dir: str, args: List[str]) -> bool:
-    """True when ``run_dir`` holds a finished run made with exactly ``args``."""
+    """True when ``run_dir`` holds a finished run made with exactly ``args`` (up to its directory)."""
     try:
         with open(os.path.join(run_dir, "args.json")) as f:
-            same = json.load(f) == args
+            same = _portable(json.load(f), run_dir) == _portable(args, run_dir)
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             return same and any(json.loads(line)["kind"] == "summary" for line in f if line.strip())
     except (OSError, ValueError, KeyError):
         return False
 
 
-def train_three(p: dict, data: dict, out_dir: str, seed: int, reuse: bool = False) -> Dict[str, dict]:
+def train_three(p: dict, data: dict, out_dir: str, seed: int, reuse: bool = False,
+                only: Optional[List[str]] = None) -> Optional[Dict[str, dict]]:
+    """Train the three runs (or the ``only`` ones, then returning None) and summarize them."""
     run_dirs = {name: os.path.join(out_dir, RUN_DIRS[name]) for name in RUNS}
     for name, (ltd, fraction) in RUNS.items():
+        if only and name not in only:
+            continue
         args = train_args(p, data, run_dirs[name], ltd, fraction, seed)
         if reuse and finished_with(run_dirs[name], args):
             print(f"=== {name}: reusing the finished run in {run_dirs[name]}", flush=True)
             continue
         run(name, args, run_dirs[name])
         with open(os.path.join(run_dirs[name], "args.json"), "w") as f:
-            json.dump(args, f)
+            json.dump(_portable(args, run_dirs[name]), f)
+    if only:
+        return None
     summary = summarize(run_dirs)
     for name, s in summary.items():
         if not s["final_valid_loss"] < s["first_valid_loss"]:
@@ -246,6 +257,9 @@ def main(argv=None) -> None:
                     help="run the three-run comparison once per seed and report mean and spread "
                          "(no zero-shot evaluation)")
     ap.add_argument("--skip-eval", action="store_true", help="skip the zero-shot evaluation at the end")
+    ap.add_argument("--data-dir", default=None, help="corpus, tokenizer and datasets (default: OUT_DIR/data)")
+    ap.add_argument("--only", nargs="+", choices=list(RUNS), default=None,
+                    help="train only these runs (to spread a study over processes; no summary)")
     ap.add_argument("--reuse-runs", action="store_true",
                     help="keep a run already finished in --out-dir with the same arguments (resume a study)")
     a = ap.parse_args(argv)
@@ -257,15 +271,19 @@ def main(argv=None) -> None:
 
     print("=== 1/4 sample corpus, tokenizer, indexed datasets", flush=True)
     corpus = CorpusConfig(max_bytes=p["corpus_bytes"])
-    data = prepare_sample_data(os.path.join(a.out_dir, "data"), vocab_size=p["vocab"], corpus=corpus)
+    data = prepare_sample_data(a.data_dir or os.path.join(a.out_dir, "data"), vocab_size=p["vocab"], corpus=corpus)
     corpus_ok = check_corpus(a.preset, data, source_versions(corpus))
 
     if a.seeds:
         per_seed = {}
         for seed in a.seeds:
             print(f"=== seed {seed}: baseline, random-LTD, random-LTD at 2/3 of the budget", flush=True)
-            per_seed[seed] = train_three(p, data, os.path.join(a.out_dir, f"seed{seed}"), seed, a.reuse_runs)
+            per_seed[seed] = train_three(p, data, os.path.join(a.out_dir, f"seed{seed}"), seed, a.reuse_runs, a.only)
+            if a.only:
+                continue
             print(format_table(per_seed[seed]), flush=True)
+        if a.only:
+            return
         stats = seed_statistics(per_seed)
         table = format_seed_table(stats, a.seeds)
         print(f"\n=== {len(a.seeds)} seeds: mean ± sample standard deviation\n{table}")
@@ -278,7 +296,9 @@ def main(argv=None) -> None:
         return
 
     print("=== 2/4 training: baseline, random-LTD, random-LTD at 2/3 of the budget", flush=True)
-    summary = train_three(p, data, a.out_dir, a.seed, a.reuse_runs)
+    summary = train_three(p, data, a.out_dir, a.seed, a.reuse_runs, a.only)
+    if summary is None:
+        return
     print("\n=== 3/4 comparison (each run to its own layer-averaged token budget, LayerToken LR)")
     print(format_table(summary))
     if corpus_ok:
