@@ -12,8 +12,7 @@
 #    only, counters and optimizer fresh), the same steps and LR schedule on layer-tokens:
 #      baseline     every layer sees the whole sequence;
 #      random_ltd   layers but the first and last keep LTD_MIN_SEQ tokens at first, ramping to the
-#                   full sequence over LTD_RAMP_FRACTION of the steps (the paper's MSLG schedule,
-#                   as in its GPT-2 finetuning);
+#                   full sequence over LTD_RAMP_FRACTION of the steps (the MSLG schedule);
 # 3. evaluates held-out perplexity of the three checkpoints with tools/evaluate_zeroshot.py
 #    (--task perplexity) and prints them side by side (results in OUTPUT_DIR/eval_*.json).
 #
