@@ -27,7 +27,7 @@ from megatron.data.tokenizers import TokenizerConfig  # noqa: E402
 def generate(path: str, size_mb: float, seed: int = 0) -> None:
     from megatron.data.sample_corpus import CorpusConfig, collect_documents
 
-    paragraphs = [p for d in collect_documents(CorpusConfig(max_bytes=3_000_000, packages=()))
+    paragraphs = [p for d in collect_documents(CorpusConfig(max_bytes=3_000_000, packages=(), include_stdlib=True))
                   for p in d.split("\n\n")]
     rng = random.Random(seed)
     target = int(size_mb * 1e6)

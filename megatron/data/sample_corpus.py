@@ -1,11 +1,16 @@
 """An offline sample corpus of real English text, and the one-call data preparation for the demo.
 
 The text is the documentation already on every machine that runs this project: the docstrings of
-the Python standard library and of installed packages (numpy, torch, matplotlib, ...), read with
-``ast`` from the source files (nothing is imported or executed), cleaned into prose paragraphs
-(no code examples, parameter tables, directives or URLs) and de-duplicated. Files are visited in a
-fixed sorted order and documents are assigned to train/valid/test by a hash of their text, so the
-output depends only on the installed versions.
+the packages the project installs (torch, numpy, matplotlib, megatron-core, ... and their pinned
+dependencies), read with ``ast`` from the source files (nothing is imported or executed), cleaned
+into prose paragraphs (no code examples, parameter tables, directives or URLs) and de-duplicated.
+Packages are read in a fixed order, files in sorted order, and documents are assigned to
+train/valid/test by a hash of their text, so the corpus is a pure function of the source packages'
+versions. By default only packages whose versions the constraints file fixes are read (not the
+Python standard library, not pip or setuptools, which vary with the Python build): a machine that
+installs the pinned versions gets the same corpus byte for byte. :func:`source_versions` names
+those versions and :func:`corpus_checksum` fingerprints the result, so a run can tell whether its
+corpus is the one the README's numbers came from.
 
 :func:`prepare_sample_data` builds the corpus, trains a SentencePiece tokenizer on the train part
 and preprocesses train/valid/test into indexed datasets, skipping every step whose outputs exist
@@ -25,10 +30,16 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-DEFAULT_PACKAGES = (
-    "numpy", "torch", "matplotlib", "setuptools", "pip", "tqdm", "packaging", "megatron.core",
-    "tensorboard", "google.protobuf", "PIL", "jinja2", "sympy", "networkx", "pytest",
-)
+# Module -> the distribution that ships it (whose version decides the text). Every one is a
+# dependency of the project (direct, or of torch / matplotlib / tensorboard) and pinned by the
+# constraints file; the order is the corpus order.
+SOURCE_DISTRIBUTIONS = {
+    "numpy": "numpy", "torch": "torch", "matplotlib": "matplotlib", "tqdm": "tqdm",
+    "packaging": "packaging", "megatron.core": "megatron-core", "tensorboard": "tensorboard",
+    "google.protobuf": "protobuf", "PIL": "pillow", "jinja2": "Jinja2", "sympy": "sympy",
+    "networkx": "networkx",
+}
+DEFAULT_PACKAGES = tuple(SOURCE_DISTRIBUTIONS)
 _SKIP_DIRS = {"test", "tests", "testing", "idle_test", "__pycache__", "_vendor", "vendor",
               "site-packages", "dist-packages", "lib2to3", "ensurepip", "turtledemo",
               "third_party", "_private"}
@@ -50,7 +61,7 @@ class CorpusConfig:
     valid_fraction: float = 0.02
     test_fraction: float = 0.02
     packages: Sequence[str] = DEFAULT_PACKAGES
-    include_stdlib: bool = True
+    include_stdlib: bool = False  # varies with the Python patch release: off for reproducibility
 
 
 def _source_roots(cfg: CorpusConfig) -> List[Tuple[str, str]]:
@@ -67,6 +78,63 @@ def _source_roots(cfg: CorpusConfig) -> List[Tuple[str, str]]:
             continue
         roots.append((name, sorted(spec.submodule_search_locations)[0]))
     return roots
+
+
+def source_versions(cfg: CorpusConfig) -> Dict[str, Optional[str]]:
+    """The version of each source the corpus is read from (None: not installed), in corpus order.
+
+    Two machines with the same versions build the same corpus; the stdlib counts as the Python
+    version."""
+    from importlib import metadata
+    import platform
+
+    out: Dict[str, Optional[str]] = {}
+    if cfg.include_stdlib:
+        out["python-stdlib"] = platform.python_version()
+    for name in cfg.packages:
+        dist = SOURCE_DISTRIBUTIONS.get(name, name.split(".")[0])
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def corpus_checksum(paths: Dict[str, str]) -> str:
+    """SHA-256 over the train/valid/test JSONL files (in that order): the corpus's fingerprint."""
+    h = hashlib.sha256()
+    for split in ("train", "valid", "test"):
+        h.update(split.encode())
+        with open(paths[f"{split}_jsonl"], "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(model_path: str) -> str:
+    """SHA-256 of a SentencePiece model's pieces and scores (the file itself also records the
+    path it was trained under, so its bytes differ between directories)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    text = "\n".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}" for i in range(sp.get_piece_size()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compare_with_expected(checksum: str, versions: Dict[str, Optional[str]], expected: dict) -> List[str]:
+    """Differences between this corpus and a recorded one (``{"corpus_sha256", "sources"}``), as
+    readable lines; empty when the checksums agree."""
+    if checksum == expected.get("corpus_sha256"):
+        return []
+    lines = [f"corpus checksum {checksum[:16]}... differs from the recorded {str(expected.get('corpus_sha256'))[:16]}..."]
+    recorded = expected.get("sources", {})
+    for dist in sorted(set(recorded) | set(versions)):
+        have, want = versions.get(dist), recorded.get(dist)
+        if have != want:
+            lines.append(f"  {dist}: installed {have or 'not installed'}, recorded {want or 'not used'}")
+    if len(lines) == 1:
+        lines.append("  (same source versions: the corpus settings or the cleaning code differ)")
+    return lines
 
 
 def _iter_source_files(root: str) -> Iterator[str]:
@@ -242,7 +310,8 @@ def prepare_sample_data(out_dir: str, vocab_size: int = 4096, model_type: str = 
     """Build (or reuse) the sample corpus, a SentencePiece tokenizer and the indexed datasets.
 
     Returns paths: ``train_jsonl valid_jsonl test_jsonl test_txt lambada_jsonl tokenizer_model
-    train_prefix valid_prefix test_prefix`` plus ``tokenizer_type`` ("SentencePieceTokenizer").
+    train_prefix valid_prefix test_prefix`` plus ``tokenizer_type`` ("SentencePieceTokenizer")
+    and ``corpus_sha256`` (:func:`corpus_checksum`).
     Each step is skipped when its outputs exist and were made with the same settings."""
     from megatron.data.preprocess import PreprocessConfig, preprocess
     from megatron.data.tokenizers import TokenizerConfig
@@ -260,6 +329,7 @@ def prepare_sample_data(out_dir: str, vocab_size: int = 4096, model_type: str = 
     # 1. corpus
     corpus_settings = {k: list(v) if isinstance(v, (tuple, list)) else v
                        for k, v in asdict(corpus).items()}
+    corpus_settings["sources"] = source_versions(corpus)  # an upgraded package rebuilds the corpus
     names = ("train_jsonl", "valid_jsonl", "test_jsonl", "test_txt", "lambada_jsonl")
     files = {"train_jsonl": "train.jsonl", "valid_jsonl": "valid.jsonl", "test_jsonl": "test.jsonl",
              "test_txt": "test.txt", "lambada_jsonl": "lambada_style.jsonl"}
@@ -273,6 +343,7 @@ def prepare_sample_data(out_dir: str, vocab_size: int = 4096, model_type: str = 
         _save_manifest(manifest_path, manifest)
         log(f"corpus: built in {time.time() - t0:.1f} s "
             f"({os.path.getsize(paths['train_jsonl']) / 1e6:.1f} MB train)")
+    paths["corpus_sha256"] = corpus_checksum(paths)
 
     # 2. tokenizer
     prefix = os.path.join(out_dir, f"spm_{model_type}{vocab_size}")

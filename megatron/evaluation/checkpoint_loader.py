@@ -6,8 +6,9 @@ Merging them into one state dict takes two rules:
 
 * **Tensor parallelism.** A parameter listed in the rank file's ``tp_partition_dims`` is a shard:
   the full tensor is the concatenation of the shards of tp ranks 0..tp-1 along that dim.
-  megatron-core lays out the fused QKV (grouped per query group) and fc1 (and SwiGLU's
-  gate/up pair is per-rank grouped too) so plain concatenation is right. Everything else
+  megatron-core lays out the fused QKV grouped per query group, so plain concatenation is right.
+  SwiGLU's fc1 is not: each rank holds [gate shard; up shard], so the merge concatenates the
+  gate halves, then the up halves (what a TP=1 model computes silu(gate) * up from). Everything else
   (norms, row-parallel biases, position embeddings) is replicated: rank 0's copy is used.
 * **Pipeline parallelism.** Stage ``p`` numbers its layers from 0; its ``layer_offsets`` entry is
   the global index of its first layer, so ``decoder.layers.{i}.`` becomes
@@ -63,6 +64,7 @@ EVAL_ONLY_FLAGS = ("seq_length", "hidden_dropout", "attention_dropout", "init_me
 
 _LAYER_RE = re.compile(r"^(decoder\.layers\.)(\d+)(\..*)$")
 _RANK_FILE = "model_optim_rng.pt"
+_SWIGLU_FC1 = ("mlp.linear_fc1.weight", "mlp.linear_fc1.bias")
 
 
 # --------------------------------------------------------------------------------------- runtime
@@ -157,7 +159,8 @@ def _shift_layer(name: str, offset: int) -> str:
 
 
 def merge_rank_states(rank_states: Mapping[Tuple[int, int], Dict[str, Any]], tp: int, pp: int,
-                      tied_embeddings: bool = True, dims_out: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+                      tied_embeddings: bool = True, dims_out: Optional[Dict[str, int]] = None,
+                      swiglu: bool = False) -> Dict[str, Any]:
     """Merge per-(tp_rank, pp_rank) rank-file dicts into one TP=1/PP=1 GPT state dict.
     ``dims_out`` (optional) receives {merged key: partition dim} of the TP-sharded parameters."""
     merged: Dict[str, Any] = {}
@@ -167,6 +170,9 @@ def merge_rank_states(rank_states: Mapping[Tuple[int, int], Dict[str, Any]], tp:
             for name, value in sd0.items():
                 if name in dims and tp > 1:
                     parts = [per_tp[t][chunk_idx][0][name] for t in range(tp)]
+                    if swiglu and name.endswith(_SWIGLU_FC1):
+                        halves = [p.chunk(2, dim=dims[name]) for p in parts]
+                        parts = [h[0] for h in halves] + [h[1] for h in halves]
                     value = torch.cat(parts, dim=dims[name])
                 key = _shift_layer(name, offset)
                 if dims_out is not None and name in dims:
@@ -197,7 +203,8 @@ def read_merged_state_dict(load_dir: str, iteration: Optional[int] = None,
     states = {(t, p): _load_rank_file(os.path.join(d, rank_dir_name(t, p), _RANK_FILE))
               for t in range(tp) for p in range(pp)}
     tied = not meta["model_flags"].get("untie_embeddings_and_output_weights", False)
-    return merge_rank_states(states, tp, pp, tied_embeddings=tied, dims_out=dims_out), meta, iteration
+    swiglu = bool(meta["model_flags"].get("swiglu", False))
+    return merge_rank_states(states, tp, pp, tied_embeddings=tied, dims_out=dims_out, swiglu=swiglu), meta, iteration
 
 
 # ---------------------------------------------------------------------------------------- model

@@ -36,7 +36,8 @@ def test_lambada_items_split_last_word():
 
 
 def test_prepare_sample_data_is_idempotent(tmp_path):
-    corpus = CorpusConfig(max_bytes=150_000, packages=(), valid_fraction=0.05, test_fraction=0.05)
+    corpus = CorpusConfig(max_bytes=150_000, packages=(), include_stdlib=True, valid_fraction=0.05,
+                          test_fraction=0.05)
     paths = prepare_sample_data(str(tmp_path), vocab_size=400, corpus=corpus, workers=1,
                                 verbose=False)
     train = [json.loads(l)["text"] for l in open(paths["train_jsonl"])]
