@@ -6,7 +6,7 @@ Registered as ``megatron-ltd`` (alias ``megatron_ltd``), so any harness task run
         --model_args load=CKPT --batch_size 8 --tasks lambada_openai,piqa
 
 or from Python: ``lm_eval.simple_evaluate(model=MegatronLTDLM(load=CKPT), tasks=[...])``.
-Needs the optional extra: ``pip install -e .[eval]``.
+Needs lm-eval (the default setup installs it; by hand: ``pip install -c constraints.txt -e .[eval]``).
 
 Request handling (what the harness asks of a model):
 
