@@ -26,9 +26,13 @@ setup(
         "tqdm",
         "matplotlib",
     ],
+    # Ranges here say what works; constraints.txt pins the exact versions CI and the setup
+    # script install (every package below and everything it pulls in, torch excepted).
     extras_require={
         # lm-eval is optional at run time; the tests exercise its adapter, so CI installs it.
         "test": ["pytest>=7", "pytest-timeout", "lm-eval>=0.4,<0.5"],
         "eval": ["lm-eval>=0.4,<0.5"],
+        # Export to the Hugging Face format (its test runs in CI: the setup script installs it).
+        "hf": ["transformers", "safetensors"],
     },
 )

@@ -19,6 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import megatron.runtime  # noqa: E402,F401  (quiets megatron-core's optional-dependency notices)
 
 from megatron.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from megatron.data.tokenizers import TokenizerConfig  # noqa: E402

@@ -14,6 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import megatron.runtime  # noqa: E402,F401  (quiets megatron-core's optional-dependency notices)
 
 from megatron.data.atomic import merge_indexed_datasets  # noqa: E402
 

@@ -16,6 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import megatron.runtime  # noqa: E402,F401  (quiets megatron-core's optional-dependency notices)
 
 from megatron.data.preprocess import PreprocessConfig, PreprocessError, preprocess  # noqa: E402
 from megatron.data.tokenizers import add_tokenizer_args, tokenizer_config_from_args  # noqa: E402

@@ -6,7 +6,7 @@ Registered as ``megatron-ltd`` (alias ``megatron_ltd``), so any harness task run
         --model_args load=CKPT --batch_size 8 --tasks lambada_openai,piqa
 
 or from Python: ``lm_eval.simple_evaluate(model=MegatronLTDLM(load=CKPT), tasks=[...])``.
-Needs the optional extra: ``pip install -e .[eval]``.
+Needs lm-eval (the default setup installs it; by hand: ``pip install -c constraints.txt -e .[eval]``).
 
 Request handling (what the harness asks of a model):
 
@@ -14,6 +14,9 @@ Request handling (what the harness asks of a model):
   the context into the continuation, encodes ``context + continuation`` as one string and takes
   the tokens after the context's own encoding as the continuation, so the boundary matches how
   the text tokenizes as a whole. An empty context is replaced by the end-of-document token.
+  The strings are scored exactly as the harness built them, with no whitespace clean-up: a
+  multiple-choice request is ``(context, target_delimiter + choice)`` (delimiter " " by default),
+  so a task whose choices already start with a space is scored with two, as on any lm-eval model.
   Returns (sum of log-probabilities, whether every continuation token is the greedy choice).
 * ``loglikelihood_rolling(text)``: log-probability of the whole text, the first token
   conditioned on the end-of-document token, in disjoint windows of ``max_length`` tokens.

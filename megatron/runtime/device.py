@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from megatron.runtime import cpu_compat
+from megatron.runtime import acceleration_notice, cpu_compat
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,24 @@ def select_device(force_cpu: bool = False) -> DeviceInfo:
     if gpu_requested(force_cpu):
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
+        _print_acceleration_notice_once()
         return DeviceInfo(True, torch.device("cuda", local_rank), "nccl")
     cpu_compat.enable()
     return DeviceInfo(False, torch.device("cpu"), "gloo")
+
+
+_NOTICE_PRINTED = False
+
+
+def _print_acceleration_notice_once() -> None:
+    """The one line about missing TransformerEngine/apex, on global rank 0 of a GPU run."""
+    global _NOTICE_PRINTED
+    if _NOTICE_PRINTED or int(os.environ.get("RANK", "0")) != 0:
+        return
+    _NOTICE_PRINTED = True
+    line = acceleration_notice(use_gpu=True)
+    if line:
+        print(line, flush=True)
 
 
 def free_port() -> int:

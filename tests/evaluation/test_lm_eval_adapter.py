@@ -116,30 +116,46 @@ def local_task(tmp_path_factory):
         choices = [answer] + [a for a in ANIMALS if a != answer][i % 3: i % 3 + 2]
         label = i % 3
         choices[0], choices[label] = choices[label], choices[0]
-        docs.append({"context": context, "choices": [" " + c for c in choices], "label": label})
+        # lm-eval's convention: choices carry no leading space; the task's target_delimiter
+        # (default " ") joins them to the context. A leading space here would be a second one.
+        docs.append({"context": context, "choices": choices, "label": label})
     data = d / "animals.jsonl"
     data.write_text("".join(json.dumps(x) + "\n" for x in docs))
     (d / "tiny_animals.yaml").write_text(TASK_YAML.format(data=data, cache=d / "hf_cache"))
     return str(d), docs
 
 
-def test_simple_evaluate_local_yaml_multiple_choice(lm, local_task):
+def test_simple_evaluate_local_yaml_multiple_choice(lm, loaded, local_task):
+    """Through lm-eval's own task and request machinery: the requests it builds, the
+    log-likelihoods the adapter returns for them, and the accuracy it aggregates."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     task_dir, docs = local_task
     results = lm_eval.simple_evaluate(model=lm, tasks=["tiny_animals"], task_manager=TaskManager(include_path=task_dir),
-                                      num_fewshot=0, log_samples=False, bootstrap_iters=0)
-    acc = results["results"]["tiny_animals"]["acc,none"]
-    # The same accuracy by hand: the choice with the highest log-likelihood is the answer.
-    reqs = [_req("loglikelihood", d["context"], c) for d in docs for c in d["choices"]]
-    lls = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
-    correct, i = 0, 0
-    for d in docs:
-        scores = lls[i:i + len(d["choices"])]
-        i += len(d["choices"])
-        correct += scores.index(max(scores)) == d["label"]
-    assert acc == pytest.approx(correct / len(docs))
+                                      num_fewshot=0, log_samples=True, bootstrap_iters=0)
+    samples = sorted(results["samples"]["tiny_animals"], key=lambda x: x["doc_id"])
+    assert [x["doc_id"] for x in samples] == list(range(len(docs)))
+    tok, correct = loaded.tokenizer, 0
+    for x in samples:
+        d = docs[x["doc_id"]]
+        # lm-eval's multiple-choice request: (context, target_delimiter + choice), delimiter " ".
+        args = [tuple(a) for a in x["arguments"]]
+        assert args == [(d["context"], " " + c) for c in d["choices"]]
+        # The reference, independent of the adapter: the model's own loss on the split TemplateLM
+        # makes (trailing context spaces move to the continuation, which is
+        # tok(ctx + cont)[len(tok(ctx)):]), contexts cut from the left to the window.
+        refs = []
+        for ctx, cont in args:
+            ctx_r, cont_r = ctx.rstrip(), ctx[len(ctx.rstrip()):] + cont
+            c_ids = tok.tokenize(ctx_r)
+            x_ids = tok.tokenize(ctx_r + cont_r)[len(c_ids):]
+            ids = (c_ids + x_ids)[-(loaded.seq_length + 1):]
+            refs.append(_model_logprob(loaded, ids, len(ids) - len(x_ids)))
+        got = [float(r[0]) for r in x["filtered_resps"]]
+        assert got == pytest.approx(refs, rel=1e-5, abs=1e-5)
+        correct += refs.index(max(refs)) == d["label"]
+    assert results["results"]["tiny_animals"]["acc,none"] == pytest.approx(correct / len(docs))
 
 
 def test_lm_eval_cli_runs_registered_model(trained_ckpt, local_task, tmp_path):
@@ -153,7 +169,7 @@ def test_lm_eval_cli_runs_registered_model(trained_ckpt, local_task, tmp_path):
         [sys.executable, "-m", "megatron.evaluation.lm_eval_cli", "run", "--model", "megatron-ltd",
          "--model_args", f"load={trained_ckpt},cpu=True", "--batch_size", "4", "--tasks", "tiny_animals",
          "--include_path", task_dir, "--output_path", str(out), "--limit", "4"],
-        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,  # a hang guard only
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tiny_animals" in proc.stdout
