@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -114,22 +115,26 @@ def main(argv=None) -> dict:
 
     def step(name):
         sync()
-        t0 = time.perf_counter()
+        f0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time(), time.perf_counter()
         trainers[name].train_step(iterators[name])
         sync()
-        return time.perf_counter() - t0
+        t1, c1 = time.perf_counter(), time.process_time()
+        return t1 - t0, c1 - c0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
     for name, _ in variants:
         for _ in range(a.warmup):
             step(name)
-    times = {name: [] for name, _ in variants}
+    samples = {name: [] for name, _ in variants}
     for _ in range(a.blocks):
         for name, _ in variants:
-            times[name] += [step(name) for _ in range(a.iters_per_block)]
+            samples[name] += [step(name) for _ in range(a.iters_per_block)]
+    times = {name: [x[0] for x in v] for name, v in samples.items()}
+    cpu_times = {name: [x[1] for x in v] for name, v in samples.items()}
 
     s = a.seq_length
     rows = []
     base_ms = statistics.median(times["baseline"]) * 1000.0
+    base_cpu = statistics.median(cpu_times["baseline"]) * 1000.0
     base_flops = trainers["baseline"]._step_flops(s)
     for name, keep in variants:
         tr = trainers[name]
@@ -140,6 +145,11 @@ def main(argv=None) -> dict:
         rows.append({"run": "baseline" if keep is None else "random-LTD", "keep": 1.0 if keep is None else keep, "k": k,
                      "ms": ms, "ms_min": min(times[name]) * 1000.0, "ms_max": max(times[name]) * 1000.0,
                      "speedup": base_ms / ms, "ideal": ideal, "efficiency": base_ms / ms / ideal,
+                     # CPU time of this process: on a shared machine it leaves out the time other
+                     # jobs held the cores, so its ratios are steadier than wall-clock ones.
+                     "cpu_ms": statistics.median(cpu_times[name]) * 1000.0,
+                     "cpu_efficiency": base_cpu / (statistics.median(cpu_times[name]) * 1000.0) / ideal,
+                     "minor_faults": statistics.median(x[2] for x in samples[name]),
                      "tflops": flops / (ms / 1000.0) / 1e12})
     dev = trainers["baseline"].device_info.name
     n_ltd = trainers[variants[-1][0]].num_ltd_layers
@@ -147,10 +157,12 @@ def main(argv=None) -> dict:
           f"hidden {a.hidden_size}, seq {s}, global batch {a.global_batch_size} (micro {a.micro_batch_size}), vocab {a.vocab_size}, "
           f"random-LTD on {n_ltd} layers | trainer train_step, median of {a.blocks} blocks x {a.iters_per_block} "
           f"(alternating) | extra flags: {' '.join(a.extra) or 'none'}")
-    print(f"{'run':<12}{'keep':>6}{'k':>6}{'ms/step':>10}{'min':>8}{'max':>8}{'speedup':>9}{'ideal':>7}{'effic.':>8}")
+    print(f"{'run':<12}{'keep':>6}{'k':>6}{'ms/step':>10}{'min':>8}{'max':>8}{'speedup':>9}{'ideal':>7}{'effic.':>8}"
+          f"{'cpu ms':>9}{'cpu eff.':>9}{'faults':>8}")
     for r in rows:
         print(f"{r['run']:<12}{r['keep']:>6.3f}{r['k']:>6}{r['ms']:>10.1f}{r['ms_min']:>8.1f}{r['ms_max']:>8.1f}"
-              f"{r['speedup']:>9.3f}{r['ideal']:>7.3f}{r['efficiency']:>8.3f}")
+              f"{r['speedup']:>9.3f}{r['ideal']:>7.3f}{r['efficiency']:>8.3f}{r['cpu_ms']:>9.1f}{r['cpu_efficiency']:>9.3f}"
+              f"{r['minor_faults']:>8.0f}")
     out = {"device": dev, "gpu": gpu, "args": vars(a), "rows": rows, "torch_threads": torch.get_num_threads()}
 
     if a.profile is not None:
