@@ -51,6 +51,8 @@ def parse(argv=None):
                    help="after timing, profile 3 steps of this variant (1.0 = keep 1.0; 0 = baseline) with torch.profiler")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further pretrain flags for every variant")
     p.add_argument("--smoke", action="store_true", help="tiny shape, few steps (CPU smoke test)")
+    p.add_argument("--main-job-flops", action="store_true",
+                   help="only print the main job's (examples/quickstart.py, default preset) FLOP and layer-token ratios")
     p.add_argument("--json-out", default=None)
     a = p.parse_args(argv)
     if a.smoke:
@@ -85,8 +87,39 @@ def variant_argv(a, keep):
     return [str(x) for x in argv] + list(a.extra)
 
 
+def main_job_flops() -> dict:
+    """The main job's random-LTD / baseline ratios of layer-tokens and of model FLOPs (its own
+    ramp, the LM head, and the full-length evaluations included): the wall-clock ratio to expect."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from quickstart import PRESETS, ramp_steps
+
+    from megatron.ltd.config import RandomLTDConfig
+    from megatron.ltd.schedule import kept_length
+    from megatron.training.lr_schedule import StepWork
+    from megatron.training.metrics import step_model_flops
+
+    p = PRESETS["default"]
+    L, h, s, gbs = p["layers"], p["hidden"], p["seq"], p["gbs"]
+    ltd = RandomLTDConfig(enabled=True, min_seq=p["min_k"], seq_step=p["seq_step"], require_steps=ramp_steps(p))
+    ks = [kept_length(i, ltd, s) for i in range(p["iters"])]
+
+    def flops(k, n_ltd):
+        return step_model_flops(gbs, s, k, L, n_ltd, h, 4 * h, h // p["heads"], p["heads"], p["heads"], False, p["vocab"])
+
+    base, rltd = flops(s, 0) * p["iters"], sum(flops(k, L - 2) for k in ks)
+    evals = (p["iters"] // p["eval_interval"]) * p["eval_iters"] * flops(s, 0) / 3  # forward only, full length
+    layer_tokens = sum(StepWork.of(gbs, s, k, L, L - 2).layer_tokens for k in ks) / (StepWork.of(gbs, s, s, L, 0).layer_tokens * p["iters"])
+    out = {"layer_token_ratio": layer_tokens, "train_flop_ratio": rltd / base,
+           "flop_ratio_with_eval": (rltd + evals) / (base + evals), "eval_flop_share": evals / base}
+    print("main job (examples/quickstart.py default preset), random-LTD / baseline: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in out.items()))
+    return out
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
+    if a.main_job_flops:
+        return main_job_flops()
     import torch
 
     if a.threads:

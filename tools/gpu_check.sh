@@ -24,6 +24,7 @@ for arg in "$@"; do
     esac
 done
 OUT=${OUT:-$ROOT/gpu_check_out}
+rm -rf "$OUT/steps"  # no stale result from an earlier run may stand in for a failed step
 mkdir -p "$OUT/steps"
 LOG=$OUT/gpu_check.log
 : > "$LOG"

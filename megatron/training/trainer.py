@@ -32,6 +32,7 @@ from megatron.training.lr_schedule import (
     step_work_fn,
 )
 from megatron.training.metrics import MetricsLogger, memory_summary, step_model_flops
+from megatron.training.host_allocator import keep_freed_host_memory
 from megatron.training.optimizer_tuning import use_fused_adam
 
 
@@ -73,6 +74,8 @@ class Trainer:
             force_cpu=p.cpu,
         )
         self.device = self.device_info.device
+        if not self.device_info.use_gpu:
+            keep_freed_host_memory()  # no page faults on the large per-micro-batch buffers
         set_seed(t.seed)
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_rank = ps.get_data_parallel_rank()
