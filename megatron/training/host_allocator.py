@@ -25,10 +25,10 @@ _applied = False
 def keep_freed_host_memory() -> bool:
     """Serve all allocations from the heap and never trim it; True when applied (glibc only)."""
     global _applied
-    if _applied:
-        return True
     if os.environ.get("MEGATRON_LTD_KEEP_HOST_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
         return False
+    if _applied:
+        return True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**30) == 1  # an int (1 GiB)
