@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 6 minutes on one H100/H200): the GPU tests, the model-step benchmark
-# at the GPT-1.3B shape with the torch ops and with the Triton kernels (MFU against 989 TFLOP/s bf16
-# dense peak), and 12 iterations of the 1.3B random-LTD launcher's recipe on mock data.
+# One prepared GPU check (about 5 minutes on one H100/H200, 7.7 at most): the GPU tests, the
+# model-step benchmark at the GPT-1.3B shape with the torch ops and with the Triton kernels (MFU
+# against 989 TFLOP/s bf16 dense peak), the gather/scatter cost per layer (torch pair, route,
+# Triton), and 12 iterations of the 1.3B random-LTD launcher's recipe on mock data.
 #
 #   tools/gpu_check.sh              # on the GPU machine, from the repository root
 #   tools/gpu_check.sh --dry-run    # every step at a tiny shape on CPU (also: GPU_CHECK_DRY=1)
@@ -40,13 +41,15 @@ export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 if [ "$DRY" = 1 ]; then
     export MEGATRON_LTD_FORCE_CPU=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     T_TESTS=${GPU_CHECK_T_TESTS:-300} T_BENCH=${GPU_CHECK_T_BENCH:-240} T_RECIPE=${GPU_CHECK_T_RECIPE:-240}
+    OPS_SHAPE=(--smoke --cpu)
     SHAPE=(--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --micro-batch-size 2
            --vocab-size 256 --warmup 1 --iters 2 --cpu)
     RECIPE_SHAPE=(--vocab-size 256 --num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 64
                   --micro-batch-size 2 --global-batch-size 4 --random-ltd-min-seq 16 --random-ltd-require-steps 10 --cpu)
     KERNEL_FUSED=auto  # resolves to torch on CPU; the kernels themselves are tested under the interpreter
 else
-    T_TESTS=${GPU_CHECK_T_TESTS:-120} T_BENCH=${GPU_CHECK_T_BENCH:-100} T_RECIPE=${GPU_CHECK_T_RECIPE:-150}
+    # Sum of the timeouts: 30 + 100 + 2 x 80 + 40 + 130 s = 7.7 minutes at most.
+    T_TESTS=${GPU_CHECK_T_TESTS:-100} T_BENCH=${GPU_CHECK_T_BENCH:-80} T_RECIPE=${GPU_CHECK_T_RECIPE:-130}
     SHAPE=(--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 --micro-batch-size 8
            --vocab-size 50304 --warmup 3 --iters 10)
     # examples/gpt/pretrain_gpt_1.3b_random_ltd.sh's recipe, global batch shrunk to one GPU and a
@@ -54,6 +57,7 @@ else
     RECIPE_SHAPE=(--vocab-size 50257 --num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048
                   --micro-batch-size 4 --global-batch-size 16 --bf16 --random-ltd-min-seq 128 --random-ltd-require-steps 10)
     KERNEL_FUSED=triton
+    OPS_SHAPE=(--ratios 0.75 0.5 0.25 0.125)
 fi
 
 run_step() {  # name timeout_s command...
@@ -71,7 +75,7 @@ run_step() {  # name timeout_s command...
 }
 : > "$OUT/steps/index.tsv"
 
-run_step environment 60 "$PY" -c "
+run_step environment 30 "$PY" -c "
 import json, platform, torch
 info = {'python': platform.python_version(), 'torch': torch.__version__, 'cuda': torch.version.cuda,
         'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -93,6 +97,7 @@ run_step bench_torch "$T_BENCH" "$PY" tools/benchmark_gpt_step.py "${SHAPE[@]}" 
     --kernel torch --json-out "$OUT/steps/bench_torch.json"
 run_step bench_fused "$T_BENCH" "$PY" tools/benchmark_gpt_step.py "${SHAPE[@]}" --keep 1.0 0.75 0.5 0.25 \
     --kernel "$KERNEL_FUSED" --json-out "$OUT/steps/bench_fused.json"
+run_step ops "$((T_BENCH / 2))" "$PY" tools/benchmark_random_ltd.py "${OPS_SHAPE[@]}" --json-out "$OUT/steps/ops.json"
 run_step recipe_1.3b "$T_RECIPE" "$PY" pretrain_gpt.py --mock-data "${RECIPE_SHAPE[@]}" --init-method-std 0.013 \
     --lr 2e-4 --min-lr 1e-6 --adam-beta2 0.95 --weight-decay 0.1 --clip-grad 1.0 --train-iters 12 --random-ltd \
     --random-ltd-kernel "$KERNEL_FUSED" --log-interval 1 --eval-iters 0 --no-progress \

@@ -93,3 +93,15 @@ def test_kernel_choice():
     elif os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(RuntimeError, match="needs a CUDA device"):
             resolve_kernel("triton", torch.device("cpu"))
+
+
+def test_kernel_flag():
+    import argparse
+
+    from megatron.ltd.config import RandomLTDConfig, add_random_ltd_args, random_ltd_config_from_args
+
+    parser = add_random_ltd_args(argparse.ArgumentParser())
+    assert random_ltd_config_from_args(parser.parse_args(["--random-ltd"])).kernel == "auto"
+    assert random_ltd_config_from_args(parser.parse_args(["--random-ltd", "--random-ltd-kernel", "triton"])).kernel == "triton"
+    with pytest.raises(ValueError, match="--random-ltd-kernel"):
+        RandomLTDConfig(enabled=True, constant_k=4, kernel="cuda").validate(8, 4)
