@@ -196,7 +196,11 @@ def main(argv=None) -> dict:
         print(f"{r['run']:<12}{r['keep']:>6.3f}{r['k']:>6}{r['ms']:>10.1f}{r['ms_min']:>8.1f}{r['ms_max']:>8.1f}"
               f"{r['speedup']:>9.3f}{r['ideal']:>7.3f}{r['efficiency']:>8.3f}{r['cpu_ms']:>9.1f}{r['cpu_efficiency']:>9.3f}"
               f"{r['minor_faults']:>8.0f}")
-    out = {"device": dev, "gpu": gpu, "args": vars(a), "rows": rows, "torch_threads": torch.get_num_threads()}
+    from megatron.training.optimizer_tuning import torch_optimizers
+
+    groups = [g for o in torch_optimizers(trainers["baseline"].optimizer) for g in o.param_groups]
+    out = {"device": dev, "gpu": gpu, "args": vars(a), "rows": rows, "torch_threads": torch.get_num_threads(),
+           "optimizer_fused": bool(groups) and all(g.get("fused") for g in groups)}
 
     if a.profile is not None:
         name = "baseline" if a.profile == 0 else f"keep {a.profile:g}"
