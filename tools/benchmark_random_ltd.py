@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -25,6 +26,10 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from megatron.ltd import triton_ops
 from megatron.ltd.ops import TokenRoute, gather_tokens, scatter_tokens
