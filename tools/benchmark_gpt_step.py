@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 def parse(argv=None):
@@ -35,6 +40,8 @@ def parse(argv=None):
     p.add_argument("--peak-tflops", type=float, default=989.0, help="for MFU (H100 SXM dense bf16: 989)")
     p.add_argument("--smoke", action="store_true", help="tiny shape, few iterations (CPU smoke test)")
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--kernel", choices=["auto", "torch", "triton"], default="auto",
+                   help="random-LTD gather/scatter implementation (--random-ltd-kernel)")
     p.add_argument("--json-out", default=None)
     a = p.parse_args(argv)
     if a.smoke:
@@ -90,7 +97,8 @@ def main(argv=None) -> dict:
         return statistics.median(times) * 1000.0
 
     def build(ltd):
-        m = build_gpt_model(tconfig, vocab_size=a.vocab_size, max_sequence_length=s, ltd_layers=ltd_layers if ltd else None)
+        m = build_gpt_model(tconfig, vocab_size=a.vocab_size, max_sequence_length=s, ltd_layers=ltd_layers if ltd else None,
+                            ltd_kernel=a.kernel)
         return m.to(device=device, dtype=torch.bfloat16 if gpu else torch.float32)
 
     def flops(k):
@@ -117,13 +125,17 @@ def main(argv=None) -> dict:
         r["ideal"] = base_flops / f
         r["efficiency"] = r["speedup"] / r["ideal"]
     device_name = info.name
-    print(f"device: {device_name} | dtype {'bf16' if gpu else 'fp32'} | {L} layers, hidden {a.hidden_size}, "
+    from megatron.ltd.ops import resolve_kernel
+
+    kernel = resolve_kernel(a.kernel, device)
+    print(f"device: {device_name} | dtype {'bf16' if gpu else 'fp32'} | kernel {kernel} | {L} layers, hidden {a.hidden_size}, "
           f"seq {s}, micro-batch {b}, random-LTD on {len(ltd_layers)} layers | median of {a.iters}")
-    print(f"{'run':<12}{'keep':>6}{'k':>6}{'ms/iter':>10}{'TFLOP/s':>10}{'speedup':>9}{'ideal':>7}{'effic.':>8}")
+    print(f"{'run':<12}{'keep':>6}{'k':>6}{'ms/iter':>10}{'TFLOP/s':>10}{'MFU':>7}{'speedup':>9}{'ideal':>7}{'effic.':>8}")
     for r in rows:
-        print(f"{r['run']:<12}{r['keep']:>6.3f}{r['k']:>6}{r['ms']:>10.1f}{r['tflops']:>10.2f}{r['speedup']:>9.3f}"
+        mfu = f"{r['mfu'] * 100:6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
+        print(f"{r['run']:<12}{r['keep']:>6.3f}{r['k']:>6}{r['ms']:>10.1f}{r['tflops']:>10.2f}{mfu}{r['speedup']:>9.3f}"
               f"{r['ideal']:>7.3f}{r['efficiency']:>8.3f}")
-    out = {"device": device_name, "gpu": gpu, "args": vars(a), "rows": rows}
+    out = {"device": device_name, "gpu": gpu, "kernel": kernel, "args": vars(a), "rows": rows}
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(out, f, indent=1)

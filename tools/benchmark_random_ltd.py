@@ -5,7 +5,9 @@ Default shape is GPT-1.3B (22 dropping layers, micro-batch 8, seq 2048, hidden 2
 1.0 / 0.75 / 0.5 / 0.25 / 0.125. On CUDA: bf16, CUDA events, warmup, median of repeats, and the
 cost as a percentage of 280 ms (a 1.3B forward+backward on one H100). Without CUDA: fp32 on CPU,
 few repeats. "naive" is the same gather/scatter written with plain advanced indexing (autograd's
-own backward), for comparison.
+own backward), for comparison; "route" is the layer's gather/scatter pair (``TokenRoute``, torch
+ops) and "triton" the same pair with the Triton kernels (where they run: CUDA, or
+``TRITON_INTERPRET=1``).
 
     python tools/benchmark_random_ltd.py                      # full shape
     python tools/benchmark_random_ltd.py --smoke              # tiny shape, seconds
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -24,7 +27,12 @@ from typing import Callable, Dict, List
 
 import torch
 
-from megatron.ltd.ops import gather_tokens, scatter_tokens
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from megatron.ltd import triton_ops
+from megatron.ltd.ops import TokenRoute, gather_tokens, scatter_tokens
 from megatron.ltd.sampler import make_index_plan, plan_needed
 
 STEP_MS_H100 = 280.0  # GPT-1.3B fwd+bwd, micro-batch 8, one H100 (docs/random_ltd.md)
@@ -75,7 +83,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         k = max(1, int(round(s * ratio)))
         row: Dict[str, object] = {"keep": ratio, "k": k}
         if not plan_needed(k, s):
-            row.update(plan_ms=0.0, gs_layer_ms=0.0, gs_step_ms=0.0, naive_layer_ms=0.0, note="skipped (k == s)")
+            row.update(plan_ms=0.0, gs_layer_ms=0.0, gs_step_ms=0.0, naive_layer_ms=0.0, route_layer_ms=0.0,
+                       triton_layer_ms=None, note="skipped (k == s)")
             rows.append(row)
             continue
         plan_fn = lambda: make_index_plan(args.seed, 1, ids, layers, k, s, device=device)  # noqa: E731
@@ -92,6 +101,14 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         row["gs_layer_ms"] = _timer(device, ours, args.warmup, args.repeats)
         row["gs_step_ms"] = row["gs_layer_ms"] * L
         row["naive_layer_ms"] = _timer(device, naive, args.warmup, args.repeats)
+
+        def route(kernel):
+            r = TokenRoute(idx, b, kernel)
+            return torch.autograd.grad(r.scatter(x, r.gather(x)), x, grad)
+
+        row["route_layer_ms"] = _timer(device, lambda: route("torch"), args.warmup, args.repeats)
+        row["triton_layer_ms"] = (_timer(device, lambda: route("triton"), args.warmup, args.repeats)
+                                  if triton_ops.available(device) and not args.smoke else None)
         rows.append(row)
 
     result: Dict[str, object] = {
@@ -117,11 +134,13 @@ def format_table(result: Dict[str, object]) -> str:
         f"random-LTD overhead on {result['device']} ({result['dtype']}), layers={shape['layers']} "
         f"b={shape['batch']} s={shape['seq']} h={shape['hidden']}, median of {result['repeats']}",
         f"{'keep':>6} {'k':>6} {'plan ms':>9} {'g+s/layer ms':>13} {'g+s/step ms':>12} {'naive/layer ms':>15}"
+        f" {'route/layer ms':>15} {'triton/layer ms':>16}"
         + (f" {'plan %280':>10} {'total %280':>11}" if "plan_pct_of_step" in result["rows"][0] else ""),
     ]
     for row in result["rows"]:
         line = (f"{row['keep']:>6.3f} {row['k']:>6d} {row['plan_ms']:>9.3f} {row['gs_layer_ms']:>13.3f} "
-                f"{row['gs_step_ms']:>12.3f} {row['naive_layer_ms']:>15.3f}")
+                f"{row['gs_step_ms']:>12.3f} {row['naive_layer_ms']:>15.3f} {row['route_layer_ms']:>15.3f} "
+                f"{'-' if row['triton_layer_ms'] is None else format(row['triton_layer_ms'], '.3f'):>16}")
         if "plan_pct_of_step" in row:
             line += f" {row['plan_pct_of_step']:>9.2f}% {row['total_pct_of_step']:>10.2f}%"
         lines.append(line)

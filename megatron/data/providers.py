@@ -192,8 +192,10 @@ def build_gpt_datasets(data_cfg: DataConfig, tokenizer, seq_length: int,
                        is_built_on_rank: Optional[Callable[[], bool]] = None) -> List:
     """[train, valid, test] GPT datasets (None where a split is absent), or mock ones.
 
-    Items: ``tokens, labels, loss_mask, position_ids`` (+ ``attention_mask`` unless disabled),
-    ``sample_id``."""
+    Items: ``tokens, labels, loss_mask, position_ids``, ``sample_id``, and ``attention_mask``
+    (``[1, s, s]``) only with document masks (``--reset-attention-mask``): a plain causal mask is
+    applied by the attention itself, so building, collating and copying one per sample would be
+    work nothing reads."""
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
     sizes = _normalize_sizes(train_valid_test_num_samples)
@@ -204,7 +206,7 @@ def build_gpt_datasets(data_cfg: DataConfig, tokenizer, seq_length: int,
         reset_position_ids=data_cfg.reset_position_ids,
         reset_attention_mask=data_cfg.reset_attention_mask,
         eod_mask_loss=data_cfg.eod_mask_loss,
-        create_attention_mask=data_cfg.create_attention_mask,
+        create_attention_mask=data_cfg.create_attention_mask and data_cfg.reset_attention_mask,
     )
     cls = MockGPTDataset if data_cfg.mock_data else GPTDataset
     return _build(cls, config, sizes, is_built_on_rank)

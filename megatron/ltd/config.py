@@ -38,6 +38,8 @@ class RandomLTDConfig:
             :data:`SEQUENCE_PARALLEL_STRATA` with it, a number every supported TP size divides, so
             the dropped tokens do not depend on the TP size. Give the same value to runs that must
             drop the same tokens with and without sequence parallelism.
+        kernel: gather/scatter implementation: ``torch`` ops, ``triton`` kernels, or ``auto``
+            (Triton on a CUDA device when it imports, else torch). Same values either way.
     """
 
     enabled: bool = False
@@ -49,6 +51,7 @@ class RandomLTDConfig:
     constant_k: Optional[int] = None
     seed: Optional[int] = None
     strata: Optional[int] = None
+    kernel: str = "auto"
 
     # ------------------------------------------------------------------ derived values
     def resolved_max_seq(self, seq_length: int) -> int:
@@ -81,6 +84,8 @@ class RandomLTDConfig:
         """
         if not self.enabled:
             return
+        if self.kernel not in _KERNELS:
+            raise ValueError(f"--random-ltd-kernel {self.kernel!r}: choose one of {', '.join(_KERNELS)}")
         s, tp = int(seq_length), int(tensor_model_parallel_size)
         if s <= 0 or num_layers <= 0:
             raise ValueError(f"random-LTD needs a positive seq length and layer count, got {s}, {num_layers}")
@@ -173,6 +178,9 @@ class RandomLTDConfig:
                 )
 
 
+_KERNELS = ("auto", "torch", "triton")  # megatron.ltd.ops.KERNELS (not imported: config stays torch-free)
+
+
 def _down(value: int, multiple: int) -> int:
     return value - value % multiple
 
@@ -221,6 +229,9 @@ def add_random_ltd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                        help="Cut each sequence into this many equal segments, each keeping k/strata tokens "
                             f"(default: 1, or {SEQUENCE_PARALLEL_STRATA} with --sequence-parallel; "
                             "any TP size dividing it drops the same tokens).")
+    group.add_argument("--random-ltd-kernel", choices=_KERNELS, default="auto",
+                       help="Gather/scatter implementation: torch ops, Triton kernels, or auto "
+                            "(Triton on a CUDA device when it imports, else torch).")
     return parser
 
 
@@ -239,4 +250,5 @@ def random_ltd_config_from_args(args: argparse.Namespace) -> RandomLTDConfig:
         constant_k=getattr(args, "random_ltd_constant_k", None),
         seed=seed,
         strata=getattr(args, "random_ltd_strata", None),
+        kernel=getattr(args, "random_ltd_kernel", "auto"),
     )

@@ -30,7 +30,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from megatron.ltd.ops import gather_mask, gather_rotary, gather_tokens, scatter_tokens
+from megatron.ltd.ops import TokenRoute, gather_mask, gather_rotary, resolve_kernel
 from megatron.ltd.sampler import IndexPlan, check_plan_fits, local_shard_plan, plan_strata
 
 
@@ -42,8 +42,9 @@ class RandomLTDTransformerLayer(TransformerLayer):
     works for any pipeline split.
     """
 
-    def __init__(self, *args, ltd_layer_numbers: Sequence[int] = (), **kwargs):
+    def __init__(self, *args, ltd_layer_numbers: Sequence[int] = (), ltd_kernel: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
+        self.ltd_kernel = ltd_kernel  # gather/scatter implementation (megatron.ltd.ops.resolve_kernel)
         self.ltd_layer_numbers: Tuple[int, ...] = tuple(int(n) for n in ltd_layer_numbers)
         own = self.layer_number - 1
         self.ltd_row: Optional[int] = self.ltd_layer_numbers.index(own) if own in self.ltd_layer_numbers else None
@@ -86,7 +87,8 @@ class RandomLTDTransformerLayer(TransformerLayer):
         if idx.shape[-1] > seq_length:
             raise ValueError(f"index plan keeps {idx.shape[-1]} tokens of a {seq_length}-token sequence")
         local_idx = local_shard_plan(idx, parallel_state.get_tensor_model_parallel_rank(), tp, seq_length) if tp > 1 else idx
-        kept = gather_tokens(hidden_states, local_idx)
+        route = TokenRoute(local_idx, hidden_states.shape[1], resolve_kernel(self.ltd_kernel, hidden_states.device))
+        kept = route.gather(hidden_states)
         kept_mask = gather_mask(attention_mask, idx) if attention_mask is not None else None
         kept_rope = None
         if rotary_pos_emb is not None:
@@ -102,7 +104,7 @@ class RandomLTDTransformerLayer(TransformerLayer):
             rotary_pos_emb=kept_rope,
             **kwargs,
         )
-        return scatter_tokens(hidden_states, out, local_idx), context
+        return route.scatter(hidden_states, out), context
 
 
 def plan_tensor(plan) -> Optional[torch.Tensor]:

@@ -19,20 +19,20 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.models.specs import bert_layer_spec, block_spec, gpt_layer_spec
 
 
-def _layer_spec(base_spec_fn, ltd_layers: Optional[Sequence[int]]) -> ModuleSpec:
+def _layer_spec(base_spec_fn, ltd_layers: Optional[Sequence[int]], ltd_kernel: str = "auto") -> ModuleSpec:
     if ltd_layers is None:
         return base_spec_fn()
     from megatron.ltd.layer import RandomLTDTransformerLayer
 
     spec = base_spec_fn(layer_module=RandomLTDTransformerLayer)
-    spec.params = dict(spec.params or {}, ltd_layer_numbers=tuple(int(n) for n in ltd_layers))
+    spec.params = dict(spec.params or {}, ltd_layer_numbers=tuple(int(n) for n in ltd_layers), ltd_kernel=ltd_kernel)
     return spec
 
 
-def decoder_spec(config: TransformerConfig, base_spec_fn=gpt_layer_spec, ltd_layers=None, vp_stage=None):
+def decoder_spec(config: TransformerConfig, base_spec_fn=gpt_layer_spec, ltd_layers=None, vp_stage=None, ltd_kernel="auto"):
     """Block spec for this pipeline stage; ``ltd_layers`` = global 0-based dropping layers or None."""
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return block_spec(config, [_layer_spec(base_spec_fn, ltd_layers)] * n)
+    return block_spec(config, [_layer_spec(base_spec_fn, ltd_layers, ltd_kernel)] * n)
 
 
 def _stage_flags(pre_process, post_process, vp_stage):
@@ -56,12 +56,13 @@ def build_gpt_model(
     pre_process: Optional[bool] = None,
     post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
+    ltd_kernel: str = "auto",
 ) -> GPTModel:
     """A megatron-core GPTModel for this rank's pipeline stage (random-LTD if ``ltd_layers``)."""
     pre_process, post_process = _stage_flags(pre_process, post_process, vp_stage)
     return GPTModel(
         config=config,
-        transformer_layer_spec=decoder_spec(config, gpt_layer_spec, ltd_layers, vp_stage),
+        transformer_layer_spec=decoder_spec(config, gpt_layer_spec, ltd_layers, vp_stage, ltd_kernel),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,

@@ -12,7 +12,8 @@ from megatron.ltd.layer import gpt_forward_kwargs
 from megatron.training.trainer import TaskSpec
 
 
-def gpt_model_from_flags(m, tconfig, vocab_size, ltd_layers=None, pre_process=None, post_process=None, vp_stage=None):
+def gpt_model_from_flags(m, tconfig, vocab_size, ltd_layers=None, pre_process=None, post_process=None, vp_stage=None,
+                         ltd_kernel="auto"):
     """A GPT for this pipeline stage from the model flags (a ``ModelConfig``); shared by training
     and by inference loading, so both build exactly the same module."""
     from megatron.models.builders import build_gpt_model
@@ -29,11 +30,13 @@ def gpt_model_from_flags(m, tconfig, vocab_size, ltd_layers=None, pre_process=No
         pre_process=pre_process,
         post_process=post_process,
         vp_stage=vp_stage,
+        ltd_kernel=ltd_kernel,
     )
 
 
 def build_model(cfg, vocab_size, tconfig, pre_process, post_process, vp_stage, ltd_layers):
-    return gpt_model_from_flags(cfg.model, tconfig, vocab_size, ltd_layers, pre_process, post_process, vp_stage)
+    return gpt_model_from_flags(cfg.model, tconfig, vocab_size, ltd_layers, pre_process, post_process, vp_stage,
+                                cfg.random_ltd.kernel)
 
 
 class _NoMockCacheNotice(logging.Filter):

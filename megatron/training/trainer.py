@@ -33,6 +33,8 @@ from megatron.training.lr_schedule import (
     step_work_fn,
 )
 from megatron.training.metrics import MetricsLogger, memory_summary, step_model_flops
+from megatron.training.host_allocator import keep_freed_host_memory
+from megatron.training.optimizer_tuning import use_fused_adam
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Trainer:
             timeout_minutes=cfg.fault.distributed_timeout_minutes,
         )
         self.device = self.device_info.device
+        if not self.device_info.use_gpu:
+            keep_freed_host_memory()  # no page faults on the large per-micro-batch buffers
         set_seed(t.seed)
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_rank = ps.get_data_parallel_rank()
@@ -109,6 +113,7 @@ class Trainer:
             use_distributed_optimizer=p.use_distributed_optimizer,
         )
         self.optimizer = get_megatron_optimizer(opt_cfg, self.models)
+        use_fused_adam(self.optimizer)  # torch's fused AdamW where megatron-core fell back to the loop
         self.full_step = StepWork.of(t.global_batch_size, m.seq_length, m.seq_length, m.num_layers, self.num_ltd_layers)
         # The exact run (the kept length is a pure function of the step): its last iteration and its
         # work in every unit, so the default decay ends at --min-lr on the run's last step.
@@ -135,6 +140,7 @@ class Trainer:
         self.loaded_from: Optional[str] = None
         if cfg.checkpoint.load:
             self._load()
+            use_fused_adam(self.optimizer)  # a load restores the saved param groups' flags
         self.logger = MetricsLogger(self.is_writer, cfg.logging.tensorboard_dir, cfg.logging.metrics_file,
                                     t.train_iters, not cfg.logging.no_progress, self.counters.iteration)
         self.last_valid_loss: Optional[float] = None

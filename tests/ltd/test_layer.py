@@ -120,13 +120,13 @@ def body_full_k_equals_baseline(ctx):
     import megatron.ltd.layer as layer_mod
 
     calls = []
-    gather = layer_mod.gather_tokens
 
-    def counting_gather(*args, **kwargs):
-        calls.append(1)
-        return gather(*args, **kwargs)
+    class CountingRoute(layer_mod.TokenRoute):  # the layer's gather/scatter pair, counting its gathers
+        def gather(self, hidden):
+            calls.append(1)
+            return super().gather(hidden)
 
-    layer_mod.gather_tokens = counting_gather
+    layer_mod.TokenRoute = CountingRoute
     out = {}
     for name, layers in (("base", None), ("ltd", [1, 2])):
         config = tiny_config()

@@ -1,0 +1,31 @@
+"""tools/gpu_check.sh in its CPU dry mode: every step runs (tiny shape, CPU) and the JSON it writes
+holds each step's exit code and results, as the GPU run will."""
+
+import json
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_check_dry_run(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert proc.returncode == 0, log[-4000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry_run"] and report["ok"]
+    steps = {s["name"]: s for s in report["steps"]}
+    assert list(steps) == ["environment", "gpu_tests", "bench_torch", "bench_fused", "ops", "recipe_1.3b"]
+    assert all(s["rc"] == 0 and s["seconds"] > 0 for s in steps.values())
+    for name in ("bench_torch", "bench_fused"):
+        rows = steps[name]["result"]["rows"]
+        assert [r["keep"] for r in rows] == [1.0, 1.0, 0.75, 0.5, 0.25] and rows[0]["run"] == "baseline"
+        assert all(r["ms"] > 0 and r["ideal"] >= 1.0 for r in rows)
+    assert steps["bench_torch"]["result"]["kernel"] == "torch"
+    assert all(r["route_layer_ms"] >= 0 for r in steps["ops"]["result"]["rows"])
+    train = steps["recipe_1.3b"]["result"]["train"]
+    assert len(train) == 12 and train[-1]["kept_length"] > train[0]["kept_length"]  # the ramp ran
+    assert "--random-ltd" in steps["recipe_1.3b"]["command"]
+    assert "passed" in log
