@@ -87,7 +87,8 @@ def version(name: str) -> str:
 def main() -> None:
     roots = [Requirement(r) for r in setup_requirements()]
     project = closure([r for r in roots if canon(r.name) != TORCH], stop={TORCH})
-    torch_deps = closure([Requirement(TORCH)], stop=set()) - {TORCH}
+    # Triton rides with the CPU torch (its interpreter runs the fused kernels' tests on CPU).
+    torch_deps = closure([Requirement(TORCH), Requirement("triton")], stop=set()) - {TORCH}
     torch_only = torch_deps - project
     header = (
         "# Exact versions for `pip install -c constraints.txt -e .[test,hf]` (scripts/setup_env.sh).\n"

@@ -36,8 +36,11 @@ WANT="$(cat "$ROOT/setup.py" "$CONSTRAINTS" "$TORCH_CONSTRAINTS" | python -c \
 STAMP="$VENV/.megatron-ltd-installed"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     if ! python -c "import torch" >/dev/null 2>&1; then
-        echo "[setup] installing torch==2.13.0 (CPU build)"
-        python -m pip install -q -c "$TORCH_CONSTRAINTS" "torch==2.13.0" \
+        # Triton comes with it: its interpreter (TRITON_INTERPRET=1) runs the fused random-LTD
+        # kernels on CPU, so the tests check them against the torch ops. A GPU box keeps the
+        # Triton its own torch brought.
+        echo "[setup] installing torch==2.13.0 (CPU build) and triton (for its CPU interpreter)"
+        python -m pip install -q -c "$TORCH_CONSTRAINTS" "torch==2.13.0" triton \
             || { echo "[setup] torch install failed" >&2; return 1; }
     fi
     echo "[setup] installing megatron-ltd[$EXTRAS] (editable) at the versions in constraints.txt"
