@@ -108,10 +108,22 @@ def run_multirank(
     """Run ``body`` on ``world_size`` ranks; return the per-rank results in rank order.
 
     ``cpu=False`` uses the GPU (NCCL) when one is visible: one rank per GPU."""
-    from megatron.runtime.device import free_port
-
     if world_size % (tp * pp) != 0:
         raise ValueError(f"world_size {world_size} is not a multiple of tp*pp = {tp * pp}")
+    # The port is picked free, then bound by rank 0 a moment later: on a busy machine another
+    # process can take it in between. That is the harness's race, not the test's: launch again.
+    for attempt in range(3):
+        try:
+            return _launch(body, world_size, tp, pp, kwargs, vpp, timeout_s, cpu)
+        except MultiRankError as e:
+            if attempt == 2 or not any(m in str(e) for m in ("EADDRINUSE", "address already in use")):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch(body, world_size, tp, pp, kwargs, vpp, timeout_s, cpu) -> List[Any]:
+    from megatron.runtime.device import free_port
+
     ctx = _context()
     result_queue = ctx.Queue()
     port = free_port()
