@@ -20,6 +20,9 @@ setup(
         "numpy",
         "pybind11",
         "packaging",
+        # megatron-core's dist_checkpointing forks writer processes that need psutil; without it they
+        # die and the save waits forever.
+        "psutil",
         "sentencepiece",
         "tokenizers",
         "tensorboard",

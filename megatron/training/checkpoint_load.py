@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from megatron.runtime import collectives
 from megatron.training.checkpointing import (
     TRACKER,
     CheckpointDamaged,
@@ -313,8 +314,7 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
             files = _read_rank_files(d, meta, opts, use_dist_opt, reshard)
         except CheckpointDamaged as e:
             error = str(e)
-        gathered: List[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, (error, files.get("rng_missing") if files else None))
+        gathered = collectives.all_gather_object((error, files.get("rng_missing") if files else None))
         errors = [e for e, _ in gathered if e]
         if not errors:
             _apply(files, models, optimizer, scheduler, meta, opts, use_dist_opt, d)

@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from megatron.runtime import collectives
+
 TRACKER = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
 
@@ -157,8 +159,7 @@ def save_checkpoint(
     """Collective: every rank calls it. Returns the final directory."""
     from megatron.core import parallel_state as ps
 
-    dist = torch.distributed
-    rank = dist.get_rank()
+    rank = collectives.rank()
     final = iter_dir(root, iteration)
     partial = final + ".partial"
     if rank == 0:
@@ -166,7 +167,7 @@ def save_checkpoint(
         if os.path.isdir(partial):  # left by a save that was killed
             shutil.rmtree(partial)
         os.makedirs(partial)
-    dist.barrier()
+    collectives.barrier()
 
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     dp_rank = ps.get_data_parallel_rank()
@@ -192,7 +193,7 @@ def save_checkpoint(
     from megatron.training import resharding
 
     optimizer_step = resharding.save(partial, models, optimizer)  # collective: the layout-independent copy
-    dist.barrier()
+    collectives.barrier()
 
     if rank == 0:
         meta = dict(metadata, iteration=iteration, complete=True, format_version=FORMAT_VERSION,
@@ -208,7 +209,7 @@ def save_checkpoint(
         atomic_write_text(os.path.join(root, TRACKER), str(iteration))
         if keep_last:
             prune(root, keep_last, iteration)
-    dist.barrier()
+    collectives.barrier()
     return final
 
 

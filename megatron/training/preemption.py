@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from megatron.runtime import collectives
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _REASONS = {1: "a signal (SIGTERM/SIGUSR1) with --exit-signal-handler", 2: "--exit-duration-in-mins"}
 
@@ -48,7 +50,7 @@ class StopRequests:
         if self.duration_s is not None and time.time() - self.t0 > self.duration_s:
             local = local or 2
         flag = torch.tensor([local], dtype=torch.int32, device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        collectives.all_reduce(flag, op=collectives.ReduceOp.MAX)
         return _REASONS.get(int(flag.item()))
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from megatron.runtime import collectives
 from megatron.training.checkpointing import CheckpointError, layer_offset, unwrap
 
 _LAYER = re.compile(r"^((?:decoder|encoder)\.layers\.)(\d+)(\..*)$")
@@ -83,8 +84,7 @@ def _tp_full(t: torch.Tensor, p) -> torch.Tensor:
 
     if not getattr(p, "tensor_model_parallel", False) or ps.get_tensor_model_parallel_world_size() == 1:
         return t
-    parts = [torch.empty_like(t) for _ in range(ps.get_tensor_model_parallel_world_size())]
-    torch.distributed.all_gather(parts, t.contiguous(), group=ps.get_tensor_model_parallel_group())
+    parts = collectives.all_gather(t, group=ps.get_tensor_model_parallel_group())
     return torch.cat(parts, dim=int(p.partition_dim))
 
 
@@ -117,7 +117,7 @@ def full_state(models, optimizer) -> Tuple[Dict[str, torch.Tensor], int]:
                     flat = torch.zeros(p.numel(), dtype=torch.float32)
                     if key in pieces:
                         flat[rng[0]:rng[1]] = pieces[key].detach().float().cpu().view(-1)
-                    torch.distributed.all_reduce(flat, group=ps.get_data_parallel_group())
+                    collectives.all_reduce(flat, group=ps.get_data_parallel_group())
                     whole = flat.view(p.shape)
                 elif key in pieces:
                     whole = pieces[key].detach().float().cpu().view(p.shape)
@@ -128,9 +128,7 @@ def full_state(models, optimizer) -> Tuple[Dict[str, torch.Tensor], int]:
             for st in opt.optimizer.state.values():
                 if "step" in st:
                     step = max(step, int(st["step"]))
-    buf = torch.tensor([step], dtype=torch.int64)
-    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.MAX)
-    return out, int(buf.item())
+    return out, collectives.reduce_max_flag(step)
 
 
 def save(directory: str, models, optimizer) -> int:

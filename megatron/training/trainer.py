@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 from megatron.ltd.schedule import kept_length
+from megatron.runtime import collectives
 from megatron.training import checkpoint_load, checkpointing, preemption
 from megatron.training.config import PretrainConfig
 from megatron.training.guards import LossGuard, TrainingDiverged, TrainingStopped, check_token_ids  # noqa: F401 (re-exported)
@@ -274,7 +275,7 @@ class Trainer:
         local = torch.stack([d[key].float() for d in losses]).mean() if losses else torch.zeros((), device=self.device)
         weight = 1.0 if losses and ps.get_tensor_model_parallel_rank() == 0 else 0.0
         buf = torch.tensor([float(local) * weight, weight], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(buf)
+        collectives.all_reduce(buf)
         return float(buf[0] / buf[1]) if buf[1] > 0 else float("nan")
 
     def _reduce_all_keys(self, losses: List[Dict]) -> Dict[str, float]:
@@ -286,7 +287,7 @@ class Trainer:
             return {}
         keys = list(losses[0])
         local = torch.stack([torch.stack([d[k].float() for d in losses]).mean() for k in keys]).to(torch.float64)
-        torch.distributed.all_reduce(local, group=ps.get_data_parallel_group())
+        collectives.all_reduce(local, group=ps.get_data_parallel_group())
         local /= ps.get_data_parallel_world_size()
         return {k.replace(" ", "_"): float(v) for k, v in zip(keys, local)}
 
