@@ -129,3 +129,37 @@ def test_project_call_sites_go_through_the_layer():
     for refused in run_multirank(_project_call_sites_body, world_size=2):
         bypassed = [name for name, ok in refused.items() if not ok]
         assert not bypassed, f"these call sites did not go through megatron/runtime/collectives.py: {bypassed}"
+
+
+def _nccl_body(ctx):
+    """On a GPU the multi-rank harness initialises NCCL (a world of one still rejects host tensors)."""
+    import torch.distributed as dist
+
+    from megatron.runtime import collectives
+    from megatron.training import preemption
+    from megatron.training.trainer import Trainer
+
+    out = {"backend": str(dist.get_backend()), "types": collectives.group_device_types()}
+    try:
+        dist.all_reduce(torch.ones(1))
+        out["direct"] = "ok"
+    except RuntimeError as e:
+        out["direct"] = str(e)
+    host = torch.full((2,), 3.0)
+    collectives.all_reduce(host)
+    out["host_sum"] = (host.device.type, host.tolist())
+    fake = types.SimpleNamespace(device=torch.device("cpu"))
+    out["loss"] = Trainer._reduce_loss(fake, [{"lm loss": torch.tensor(2.5)}])
+    stops = preemption.StopRequests(signal_handler=False, duration_mins=60.0, device=torch.device("cpu"))
+    out["stop"] = stops.agreed_stop()
+    out["gather"] = [p.device.type for p in collectives.all_gather(torch.tensor([1.0]))]
+    return out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL)")
+def test_host_tensors_through_the_layer_on_real_nccl():
+    r = run_multirank(_nccl_body, world_size=1, cpu=False)[0]
+    assert r["backend"] == "nccl" and "cpu" not in r["types"], r
+    assert r["direct"] != "ok", "NCCL took a host tensor: this test no longer shows the hazard"
+    assert r["host_sum"] == ("cpu", [3.0, 3.0])
+    assert r["loss"] == 2.5 and r["stop"] is None and r["gather"] == ["cpu"]

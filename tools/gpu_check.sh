@@ -88,7 +88,8 @@ print(info); json.dump(info, open('$OUT/steps/environment.json', 'w'))
 "
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
     run_step gpu_tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/ltd/test_route.py \
-        tests/ltd/test_sampler.py -k "gpu or cuda or route or kernel"
+        tests/test_collectives.py \
+        tests/ltd/test_sampler.py -k "gpu or cuda or route or kernel or nccl"
 else
     echo "=== [gpu_tests] skipped: pytest is not installed (carry its wheels in .whl/)" | tee -a "$LOG"
     printf 'gpu_tests\t-1\t0\tpytest not installed\n' >> "$OUT/steps/index.tsv"
