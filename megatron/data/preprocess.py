@@ -67,6 +67,9 @@ class PreprocessConfig:
         for name in ("workers", "partitions", "chunk_lines", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # More tokenizer processes than cores only cost memory (the output is the same for any
+        # number): --workers 100000 forked thousands of processes.
+        self.workers = min(self.workers, os.cpu_count() or 1)
 
     @property
     def level(self) -> str:
