@@ -41,7 +41,10 @@ def parse_int(text: str) -> int:
     try:
         return int(text.replace("_", ""))
     except ValueError:
-        value = float(text)
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if not value.is_integer():
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         return int(value)

@@ -115,6 +115,16 @@ def test_out_of_range_values_exit_2_with_one_line(script):
     assert not failures, "\n\n".join(failures)
 
 
+def test_parse_errors_are_one_line_too():
+    """argparse's own errors (not a number, a missing value): one line, not the whole usage."""
+    for argv, needle in ((["--num-layers", "abc"], "argument --num-layers: 'abc' is not a whole number"),
+                         (["--num-layers", "2.5"], "argument --num-layers: '2.5' is not a whole number"),
+                         (["--adam-beta2", "x"], "argument --adam-beta2: invalid float value: 'x'"),
+                         (["--lr"], "argument --lr: expected one argument")):
+        code, text = _run_entry("pretrain_gpt.py", BASE + argv)
+        assert code == 2 and f": error: {needle} (see --help)" in text and text.count("\n") == 1, text  # prog: sys.argv[0]
+
+
 def test_real_scripts_exit_2_without_traceback():
     """The scripts themselves (one process each, run side by side): the exit code and stderr."""
     env = dict(os.environ, PYTHONPATH=ROOT, MEGATRON_LTD_FORCE_CPU="1")
