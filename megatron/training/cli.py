@@ -6,10 +6,9 @@ name with dashes). Booleans become ``store_true`` flags, or ``store_false`` when
 
 Numeric fields declare their range in the same metadata: ``ge``/``gt``/``le``/``lt`` bounds and
 ``off``, a value outside them that means "turned off" (``metadata={"gt": 1, "off": 0}``), and an
-optional ``hint`` printed with the error. The
-range is attached to the generated flag (:func:`attach_ranges` does the same for flags that a
-module adds by hand from its own dataclass) and :func:`check_ranges` enforces every range in one
-place, right after parsing.
+optional ``hint`` printed with the error. The range is attached to the generated flag
+(:func:`attach_ranges` does the same for flags that a module adds by hand from its own dataclass)
+and :func:`check_ranges` enforces every range in one place, right after parsing.
 """
 
 from __future__ import annotations
@@ -174,7 +173,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type, title: str) -
         action = group.add_argument(_flag(field), default=default, **kw)
         action.range = Range.of(field.metadata)
         for alias in field.metadata.get("aliases", ()):
-            group.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, type=kw.get("type"), help=argparse.SUPPRESS)
+            alias_action = group.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, type=kw.get("type"),
+                                              help=argparse.SUPPRESS)
+            alias_action.range = action.range
     return group
 
 
