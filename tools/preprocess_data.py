@@ -60,6 +60,9 @@ def main(argv=None) -> int:
             log_interval=args.log_interval, strict=args.strict,
             progress=False if args.no_progress_bar else None,
         )
+        if cfg.workers < args.workers:
+            print(f"preprocess_data.py: --workers {args.workers} is more than the {cfg.workers} CPUs of this machine: "
+                  f"using {cfg.workers} (the output does not depend on it)", file=sys.stderr)
         summary = preprocess(cfg)
     except (PreprocessError, FileNotFoundError, ValueError) as e:
         print(f"preprocess_data.py: error: {e}", file=sys.stderr)

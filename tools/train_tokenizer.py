@@ -62,6 +62,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         model = train_sentencepiece(cfg)
+    except ValueError as e:  # no training text (empty input, wrong --json-keys)
+        print(f"train_tokenizer.py: error: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:  # sentencepiece reports e.g. a vocab too large for the corpus
         print(f"train_tokenizer.py: error: SentencePiece training failed: {e}", file=sys.stderr)
         return 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Dict, List
+import struct
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -96,6 +97,53 @@ def check_prefix(prefix: str, flag: str = "prefix") -> None:
         )
 
 
+def _index_shape(idx: str) -> Tuple[int, int, int]:
+    """(token size in bytes, sequences, documents) from an .idx header; ValueError when the file is
+    not a complete megatron-core index (checked before megatron-core opens it: its reader fails with
+    a bare assert or numpy error, and a half-built IndexedDataset prints an error when collected)."""
+    from megatron.core.datasets.indexed_dataset import _INDEX_HEADER, DType
+
+    size = os.path.getsize(idx)
+    with open(idx, "rb") as f:
+        head = f.read(34)  # magic (9), version (8), dtype code (1), sequences (8), documents (8)
+    if len(head) < 34 or head[:9] != _INDEX_HEADER:
+        raise ValueError("not a megatron-core index (bad header)" if len(head) >= 9 else f"only {size} bytes")
+    version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:])
+    if version != 1:
+        raise ValueError(f"index version {version}, expected 1")
+    try:
+        itemsize = DType.size(DType.dtype_from_code(code))
+    except Exception:  # noqa: BLE001
+        raise ValueError(f"unknown token dtype code {code}") from None
+    expected = 34 + n_seq * (4 + 8) + n_doc * 8
+    if size < expected:
+        raise ValueError(f"truncated: {size:,} of at least {expected:,} bytes for {n_seq:,} sequences")
+    return itemsize, n_seq, n_doc
+
+
+def open_indexed_dataset(prefix: str, flag: str = "prefix") -> IndexedDataset:
+    """Open ``prefix``'s .bin/.idx pair, or raise ValueError naming the file that is wrong: a
+    missing, truncated or foreign ``.idx`` (one written for another ``.bin``), or a truncated ``.bin``."""
+    check_prefix(prefix, flag)
+    idx, bin_ = prefix + ".idx", prefix + ".bin"
+    redo = "re-run tools/preprocess_data.py for it (a .bin and its .idx are written together)"
+    try:
+        itemsize, _, _ = _index_shape(idx)
+        ds = IndexedDataset(prefix)
+        lengths, pointers, doc_idx = ds.index.sequence_lengths, ds.index.sequence_pointers, ds.index.document_indices
+        if len(doc_idx) < 1 or int(doc_idx[-1]) != len(lengths):
+            raise ValueError("its sequence and document tables disagree")
+    except Exception as e:  # noqa: BLE001 (anything megatron-core's reader raises)
+        raise ValueError(f"{flag} {prefix}: {idx} cannot be read as an index ({e}); {redo}") from None
+    expected = int(pointers[-1]) + int(lengths[-1]) * itemsize if len(lengths) else 0
+    actual = os.path.getsize(bin_)
+    if actual != expected:
+        what = "is truncated" if actual < expected else "is longer than its index describes"
+        raise ValueError(f"{flag} {prefix}: {bin_} has {actual:,} bytes but {idx} describes {expected:,}: the .bin "
+                         f"{what}, or the .idx belongs to another dataset; {redo}")
+    return ds
+
+
 def merge_indexed_datasets(prefixes: List[str], output_prefix: str) -> Dict[str, int]:
     """Concatenate the datasets at ``prefixes`` (in order) into ``output_prefix``, atomically.
 
@@ -106,8 +154,7 @@ def merge_indexed_datasets(prefixes: List[str], output_prefix: str) -> Dict[str,
         raise ValueError("nothing to merge: no input prefixes given")
     dtypes: Dict[str, type] = {}
     for prefix in prefixes:
-        check_prefix(prefix, "input prefix")
-        dtypes[prefix] = IndexedDataset(prefix).index.dtype
+        dtypes[prefix] = open_indexed_dataset(prefix, "input prefix").index.dtype
     distinct = sorted({np.dtype(d).name for d in dtypes.values()})
     if len(distinct) > 1:
         listing = ", ".join(f"{p} ({np.dtype(d).name})" for p, d in dtypes.items())

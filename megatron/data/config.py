@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 Blend = Tuple[List[str], Optional[List[float]]]
+
+# Upper bound for flags that start processes or threads (--num-workers, ...): a typo such as
+# 100000 would otherwise fork until the machine runs out of memory.
+MAX_PROCESSES = 256
 
 
 def parse_blend(values: Optional[Sequence[str]], flag: str = "--data-path") -> Optional[Blend]:
@@ -45,9 +49,26 @@ def parse_blend(values: Optional[Sequence[str]], flag: str = "--data-path") -> O
     return prefixes, weights_f
 
 
+def check_split(split: str) -> None:
+    """``--split``: up to three non-negative train,valid,test weights (``,`` or ``/``) with a positive sum."""
+    items = [x.strip() for x in split.replace("/", ",").split(",")]
+    try:
+        weights = [float(x) for x in items]
+    except ValueError:
+        weights = []
+    if not 1 <= len(weights) <= 3 or any(not 0 <= w < float("inf") for w in weights):
+        raise ValueError(f"--split {split!r} is not like '969,30,1': give up to three non-negative train,valid,test weights")
+    if sum(weights) <= 0:
+        raise ValueError(f"--split {split!r} gives every split a weight of 0: the training split needs a positive weight, "
+                         "e.g. --split 969,30,1")
+
+
 @dataclass
 class DataConfig:
-    """Data sources and dataset options (sequence length and seed are passed to the builders)."""
+    """Data sources and dataset options (sequence length and seed are passed to the builders).
+
+    Numeric fields declare the range of their flag in their metadata (``ge``/``gt``/``le``/``lt``),
+    enforced when the command line is parsed (:func:`megatron.training.cli.check_ranges`)."""
 
     data_path: Optional[List[str]] = None  # one blend split by `split`
     split: str = "969,30,1"
@@ -57,18 +78,18 @@ class DataConfig:
     mock_data: bool = False
     data_cache_path: Optional[str] = None  # default: {prefix-dir}/cache
     mmap_bin_files: bool = True
-    num_dataset_builder_threads: int = 1
-    num_workers: int = 0  # DataLoader worker processes
+    num_dataset_builder_threads: int = field(default=1, metadata={"ge": 1, "le": MAX_PROCESSES})
+    num_workers: int = field(default=0, metadata={"ge": 0, "le": MAX_PROCESSES})  # DataLoader worker processes
     # GPT
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = False
     create_attention_mask: bool = True
     # BERT
-    mask_prob: float = 0.15
-    short_seq_prob: float = 0.1
+    mask_prob: float = field(default=0.15, metadata={"gt": 0.0, "lt": 1.0})
+    short_seq_prob: float = field(default=0.1, metadata={"ge": 0.0, "le": 1.0})
     bert_binary_head: bool = True  # sentence-order / next-sentence target
-    masking_max_ngram: int = 3
+    masking_max_ngram: int = field(default=3, metadata={"ge": 1})
     masking_do_full_word: bool = True
 
     def __post_init__(self) -> None:
@@ -85,15 +106,7 @@ class DataConfig:
             parse_blend(p, f"--{name}-data-path")
             for p, name in zip(per_split, ("train", "valid", "test"))
         ]
-        if self.blend is not None:
-            from megatron.core.datasets.blended_megatron_dataset_config import (
-                parse_and_normalize_split,
-            )
-
-            try:
-                parse_and_normalize_split(self.split)
-            except Exception as e:  # noqa: BLE001
-                raise ValueError(f"--split {self.split!r} is not like '969,30,1': {e}") from e
+        check_split(self.split)
         if self.reset_attention_mask and not self.create_attention_mask:
             # Without the per-sample masks the model would attend across documents silently.
             raise ValueError("--reset-attention-mask needs the per-sample document masks that the data loader "

@@ -67,6 +67,9 @@ class PreprocessConfig:
         for name in ("workers", "partitions", "chunk_lines", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # More tokenizer processes than cores only cost memory (the output is the same for any
+        # number): --workers 100000 forked thousands of processes.
+        self.workers = min(self.workers, os.cpu_count() or 1)
 
     @property
     def level(self) -> str:
@@ -277,6 +280,8 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessSummary:
     total_lines = _count_lines(cfg.input)
     summary.lines = total_lines
     out_dir = os.path.dirname(os.path.abspath(cfg.output_prefix))
+    # No more parts than lines: each part is a staged .bin/.idx pair (the output is the same for any number).
+    cfg.partitions = max(1, min(cfg.partitions, total_lines))
     bounds = np.linspace(0, total_lines, cfg.partitions + 1).round().astype(int)
     progress = _Progress(os.path.getsize(cfg.input), cfg.log_interval, cfg.progress)
     pool = None

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from megatron.data.atomic import check_prefix
+from megatron.data.atomic import open_indexed_dataset
 from megatron.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -90,15 +90,13 @@ def _plans(cfg: DataConfig) -> List[Tuple[Optional[int], str]]:
 def _precheck(cfg: DataConfig, sizes: Sequence[Optional[int]], kind: str, seq_length: int,
               binary_head: bool = True) -> None:
     """Raise DataError for missing prefixes, empty splits and splits too small for one sample."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     for split_i, prefix in _plans(cfg):
         flag = "--data-path" if split_i is None else f"--{SPLIT_NAMES[split_i]}-data-path"
         try:
-            check_prefix(prefix, flag)
-        except FileNotFoundError as e:
+            ds = open_indexed_dataset(prefix, flag)
+        except (FileNotFoundError, ValueError) as e:
             raise DataError(str(e)) from None
-        ds = IndexedDataset(prefix)
         doc_idx = np.asarray(ds.document_indices)
         seq_lens = np.asarray(ds.sequence_lengths)
         n_docs = len(doc_idx) - 1

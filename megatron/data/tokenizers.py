@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
 TOKENIZER_TYPES = (
@@ -55,7 +55,7 @@ class TokenizerConfig:
     tokenizer_model: Optional[str] = None  # .model file (SentencePiece) or a directory (HF)
     vocab_file: Optional[str] = None  # GPT-2 vocab.json or BERT vocab.txt
     merge_file: Optional[str] = None  # GPT-2 merges.txt
-    vocab_size: Optional[int] = None  # NullTokenizer: ids are in [0, vocab_size); eod = vocab_size
+    vocab_size: Optional[int] = field(default=None, metadata={"ge": 1})  # NullTokenizer: ids are in [0, vocab_size); eod = vocab_size
     lower_case: Optional[bool] = None  # BERT: derived from the type name when None
 
     def __post_init__(self) -> None:

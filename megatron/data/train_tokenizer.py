@@ -9,6 +9,7 @@ Special ids: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, ``<pad>`` 3, then the control s
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class SentencePieceTrainConfig:
                 raise FileNotFoundError(f"--input {path!r} does not exist")
         if self.model_type not in ("bpe", "unigram"):
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {self.model_type!r}")
+        if self.num_threads < 1:
+            raise ValueError(f"--num-threads must be >= 1, got {self.num_threads}")
+        self.num_threads = min(self.num_threads, os.cpu_count() or 1)  # threads beyond the cores only cost memory
         if not 0 < self.character_coverage <= 1:
             raise ValueError(f"character_coverage must be in (0, 1], got {self.character_coverage}")
         reserved = 4 + len(self.special_tokens) + (256 if self.byte_fallback else 0)
@@ -87,8 +91,37 @@ def iter_training_lines(cfg: SentencePieceTrainConfig) -> Iterator[str]:
                                 return
 
 
+def _why_no_text(cfg: SentencePieceTrainConfig) -> str:
+    """Why :func:`iter_training_lines` yields nothing: empty inputs, or JSON records without a
+    string under any of ``--json-keys`` (naming the keys the records do have)."""
+    keys_seen: List[str] = []
+    records = 0
+    for path in cfg.inputs:
+        if not _is_json_file(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for raw in itertools.islice(f, 1000):
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    records += 1
+                    keys_seen += [k for k in obj if k not in keys_seen and isinstance(obj[k], str)]
+    inputs = " ".join(cfg.inputs)
+    if records and keys_seen:
+        return (f"no training text in --input {inputs}: its JSON records have no text under --json-keys "
+                f"{' '.join(cfg.json_keys)}; their text keys are {', '.join(keys_seen[:8])} (e.g. --json-keys {keys_seen[0]})")
+    return f"no training text in --input {inputs}: the input is empty (no non-blank line" + \
+        (" and no JSON record with a text field)" if any(map(_is_json_file, cfg.inputs)) else ")")
+
+
 def train_sentencepiece(cfg: SentencePieceTrainConfig) -> str:
     """Train and write ``{model_prefix}.model`` / ``.vocab``; returns the .model path."""
+    lines = iter_training_lines(cfg)
+    first = next(lines, None)
+    if first is None:  # SentencePiece would stop with "INTERNAL ... !sentences_.empty()"
+        raise ValueError(_why_no_text(cfg))
     import sentencepiece as spm
 
     out_dir = os.path.dirname(os.path.abspath(cfg.model_prefix))
@@ -117,7 +150,7 @@ def train_sentencepiece(cfg: SentencePieceTrainConfig) -> str:
     tmp_prefix = f"{cfg.model_prefix}.tmp-{os.getpid()}"
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter_training_lines(cfg), model_prefix=tmp_prefix, **options)
+            sentence_iterator=itertools.chain([first], lines), model_prefix=tmp_prefix, **options)
         os.replace(tmp_prefix + ".vocab", cfg.model_prefix + ".vocab")
         os.replace(tmp_prefix + ".model", cfg.model_prefix + ".model")
     finally:

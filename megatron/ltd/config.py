@@ -8,7 +8,7 @@ suggests a value that would pass.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 # Sequence-parallel default: TP sizes 1, 2, 4 and 8 all divide it, so they all drop the same tokens.
@@ -20,6 +20,10 @@ __all__ = ["RandomLTDConfig", "SEQUENCE_PARALLEL_STRATA", "add_random_ltd_args",
 @dataclass
 class RandomLTDConfig:
     """What random-LTD does, independent of the model it is applied to.
+
+    Numeric fields declare the range of their ``--random-ltd-*`` flag in their metadata, enforced
+    when the command line is parsed (:func:`megatron.training.cli.check_ranges`); :meth:`validate`
+    checks the settings against the model.
 
     Attributes:
         enabled: turn token dropping on.
@@ -44,13 +48,13 @@ class RandomLTDConfig:
 
     enabled: bool = False
     layers: Optional[List[int]] = None
-    min_seq: int = 128
-    max_seq: Optional[int] = None
-    require_steps: Optional[int] = None
-    seq_step: int = 16
-    constant_k: Optional[int] = None
-    seed: Optional[int] = None
-    strata: Optional[int] = None
+    min_seq: int = field(default=128, metadata={"ge": 1})
+    max_seq: Optional[int] = field(default=None, metadata={"ge": 1})
+    require_steps: Optional[int] = field(default=None, metadata={"ge": 1})
+    seq_step: int = field(default=16, metadata={"ge": 1})
+    constant_k: Optional[int] = field(default=None, metadata={"ge": 1})
+    seed: Optional[int] = field(default=None, metadata={"ge": 0, "lt": 2**32})
+    strata: Optional[int] = field(default=None, metadata={"ge": 1})
     kernel: str = "auto"
 
     # ------------------------------------------------------------------ derived values

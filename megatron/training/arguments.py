@@ -2,7 +2,9 @@
 
 Per-area flags come from the dataclasses (:mod:`megatron.training.config`), the data and
 tokenizer flags from :mod:`megatron.data`, the ``--random-ltd*`` flags from :mod:`megatron.ltd`.
-Cross-area checks are in :func:`validate`; each names the flags at fault.
+Every numeric flag's range is declared with its dataclass field and enforced by
+:func:`megatron.training.cli.check_ranges` right after parsing, before anything else is built;
+cross-area checks are in :func:`validate`; each names the flags at fault.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import argparse
 import os
 from typing import List, Optional, Sequence
 
-from megatron.data.config import add_data_args, data_config_from_args
-from megatron.data.tokenizers import add_tokenizer_args, tokenizer_config_from_args
-from megatron.ltd.config import add_random_ltd_args, random_ltd_config_from_args
-from megatron.training.cli import NEGATIVE_NUMBER, HelpFormatter, add_dataclass_args, dataclass_from_args
+from megatron.data.config import DataConfig, add_data_args, data_config_from_args
+from megatron.data.tokenizers import TokenizerConfig, add_tokenizer_args, tokenizer_config_from_args
+from megatron.ltd.config import RandomLTDConfig, add_random_ltd_args, random_ltd_config_from_args
+from megatron.training.cli import (NEGATIVE_NUMBER, HelpFormatter, OneLineErrorParser, add_dataclass_args, attach_ranges,
+                                   check_ranges, dataclass_from_args)
 from megatron.training.config import (
     CheckpointConfig,
     FaultConfig,
@@ -44,13 +47,16 @@ class ConfigError(ValueError):
 
 
 def build_parser(description: str = "Megatron-LTD pretraining", extra_args=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, formatter_class=HelpFormatter)
+    parser = OneLineErrorParser(description=description, allow_abbrev=False, formatter_class=HelpFormatter)
     parser._negative_number_matcher = NEGATIVE_NUMBER  # `--lr -1e-3` reaches the value check
     for _, cls, title in _AREAS:
         add_dataclass_args(parser, cls, title)
     add_data_args(parser)
     add_tokenizer_args(parser)
     add_random_ltd_args(parser)
+    attach_ranges(parser, DataConfig)
+    attach_ranges(parser, TokenizerConfig)
+    attach_ranges(parser, RandomLTDConfig, dest_prefix="random_ltd_")
     if extra_args is not None:
         extra_args(parser)
     return parser
@@ -70,12 +76,17 @@ def parse_pretrain_config(
     parser = build_parser(extra_args=extra_args)
     args = parser.parse_args(argv)
     try:
+        check_ranges(parser, args)  # every numeric flag, before anything reads the values
         areas = {name: dataclass_from_args(cls, args) for name, cls, _ in _AREAS}
         data = data_config_from_args(args)
         if args.mock_data and args.tokenizer_model is None and args.vocab_file is None and args.tokenizer_type == "SentencePieceTokenizer":
             # Mock data needs no real tokenizer: ids in [0, --vocab-size).
             args.tokenizer_type, args.vocab_size = "NullTokenizer", args.vocab_size or 1024
         tokenizer = tokenizer_config_from_args(args)
+        for name in ("tokenizer_model", "vocab_file", "merge_file"):
+            # Absolute, so that the path a checkpoint records works from any directory.
+            if getattr(tokenizer, name, None):
+                setattr(tokenizer, name, os.path.abspath(getattr(tokenizer, name)))
         random_ltd = random_ltd_config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
@@ -116,6 +127,12 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
                 f"--num-layers-per-virtual-pipeline-stage {p.num_layers_per_virtual_pipeline_stage} must divide "
                 f"the {m.num_layers // pp} layers of each pipeline stage"
             )
+        if (m.num_layers // pp) // p.num_layers_per_virtual_pipeline_stage < 2:
+            raise ConfigError(
+                f"--num-layers-per-virtual-pipeline-stage {p.num_layers_per_virtual_pipeline_stage} gives each pipeline "
+                f"stage ({m.num_layers // pp} of --num-layers {m.num_layers}) only 1 virtual stage; the interleaved "
+                "schedule needs 2 or more: give a smaller divisor, or drop the flag for the plain 1F1B schedule"
+            )
     if p.sequence_parallel and m.seq_length % tp:
         raise ConfigError(f"--seq-length {m.seq_length} must be divisible by --tensor-model-parallel-size {tp} with --sequence-parallel")
     if t.global_batch_size is None:
@@ -140,6 +157,10 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
     ltd_flags = [f for f in argv_flags if f.startswith("--random-ltd-")]
     if not ltd.enabled and ltd_flags:
         raise ConfigError(f"{', '.join(sorted(set(ltd_flags)))} given without --random-ltd; add --random-ltd or drop them")
+    ramp_flags = sorted(set(ltd_flags) & set(RAMP_FLAGS))
+    if ltd.constant_k is not None and ramp_flags:
+        raise ConfigError(f"--random-ltd-constant-k keeps a fixed length, so the ramp flags {', '.join(ramp_flags)} would be "
+                          "ignored: give either --random-ltd-constant-k or the ramp")
     if ltd.enabled:
         try:
             ltd.validate(m.seq_length, m.num_layers, tp, p.sequence_parallel)
@@ -147,15 +168,11 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
             raise ConfigError(str(e)) from e
         if ltd.seed is None:
             ltd.seed = t.seed
-    for name in ("train_tokens", "train_layer_tokens", "train_layer_averaged_tokens", "train_samples", "train_iters"):
-        value = getattr(t, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    check_run_size(cfg)
     # Any training length gives the LR decay length in any unit: the trainer computes the exact run
     # (megatron.training.lr_schedule.exact_run), so no unit needs a matching budget.
     ck = cfg.checkpoint
-    if ck.load is not None and not os.path.isdir(ck.load):
-        raise ConfigError(f"--load {ck.load}: no such directory (give a directory written by --save)")
+    check_load(cfg)
     if ck.save is not None:
         check_writable_dir("--save", ck.save)
     for flag, path in (("--metrics-file", cfg.logging.metrics_file),):
@@ -163,10 +180,65 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
             check_writable_file(flag, path)
     if cfg.logging.tensorboard_dir is not None:
         check_writable_dir("--tensorboard-dir", cfg.logging.tensorboard_dir)
-    if t.exit_interval is not None and t.exit_interval < 1:
-        raise ConfigError("--exit-interval must be >= 1")
     if cfg.model_type == "bert" and p.sequence_parallel:
         raise ConfigError("--sequence-parallel is not supported for BERT (its LM-head norm needs TransformerEngine/apex)")
+
+
+RAMP_FLAGS = ("--random-ltd-min-seq", "--random-ltd-max-seq", "--random-ltd-require-steps", "--random-ltd-seq-step")
+
+# Most samples a run may ask of its datasets: the index megatron-core builds holds a few bytes per
+# sample, so a budget beyond this (a typo such as 1e30 tokens) would only hang in dataset building.
+MAX_SAMPLES = 10**11
+
+
+def check_run_size(cfg: PretrainConfig) -> None:
+    """Refuse, before any dataset is built, a run that needs more samples than can be indexed."""
+    from megatron.training.lr_schedule import run_length
+
+    t = cfg.training
+    gbs = t.global_batch_size
+    run = run_length(cfg)
+    samples = run.iterations * gbs
+    if samples > MAX_SAMPLES:
+        raise ConfigError(
+            f"{run.stopped_by} means {run.iterations:.3g} iterations = {samples:.3g} samples of --global-batch-size "
+            f"{gbs}, more than the {MAX_SAMPLES:.0e} samples a dataset index can hold: lower the budget"
+            + ("" if run.stopped_by.startswith("--train-iters") else
+               " (or add --train-iters: the first budget reached ends the run)"))
+    if t.eval_iters * gbs > MAX_SAMPLES:
+        raise ConfigError(f"--eval-iters {t.eval_iters} x --global-batch-size {gbs} = {t.eval_iters * gbs:.3g} samples, "
+                          f"more than the {MAX_SAMPLES:.0e} samples a dataset index can hold: lower --eval-iters")
+
+
+def check_load(cfg: PretrainConfig) -> None:
+    """--load: a directory; with --finetune it must hold a checkpoint, and its model type must be this run's."""
+    from megatron.training.checkpoint_load import plan_load
+    from megatron.training.checkpointing import CheckpointError, iter_dir, read_metadata
+
+    ck = cfg.checkpoint
+    if ck.load is None:
+        if ck.finetune:
+            raise ConfigError("--finetune needs --load DIR, the checkpoint to finetune from")
+        return
+    if not os.path.isdir(ck.load):
+        raise ConfigError(f"--load {ck.load}: no such directory (give a directory written by --save)")
+    try:
+        plan = plan_load(ck.load)
+        meta = read_metadata(plan.root, plan.candidates[0]) if plan.candidates else None
+    except CheckpointError:
+        return  # the loader names what is wrong with the directory
+    if meta is None:
+        if ck.finetune:
+            raise ConfigError(f"--finetune --load {ck.load}: the directory holds no complete checkpoint, so there is "
+                              "nothing to finetune from (point --load at a directory written by --save, or drop "
+                              "--finetune to train from scratch)")
+        return
+    saved_type = meta.get("model_type")
+    if saved_type is not None and saved_type != cfg.model_type:
+        raise ConfigError(
+            f"--load {iter_dir(plan.root, plan.candidates[0])} holds a {saved_type.upper()} model, but this run builds "
+            f"{cfg.model_type.upper()}: load it with pretrain_{saved_type}.py, or give a {cfg.model_type.upper()} "
+            "checkpoint")
 
 
 def _nearest_existing(path: str) -> str:
