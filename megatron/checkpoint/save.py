@@ -25,15 +25,30 @@ from megatron.runtime import collectives
 _OWN_FILE = re.compile(r"^__(\d+)_\d+\.distcp$")
 
 
-def _writer_results_queue():
-    """megatron-core creates its writer-results queue with a *spawned* Manager, which re-imports
-    the training script (seconds per process); a forked Manager serves the same queue."""
-    import multiprocessing as mp
+class _ResultsQueue:
+    """megatron-core's writer-results queue is a spawned Manager's: a server process that
+    re-imports the training script (seconds) and outlives a killed trainer, holding its stdout
+    open. The writer is this process (sync) or a child forked after the queue exists (async), so
+    a pipe queue serves; megatron-core reads it with ``get_nowait`` right after the write, before
+    the pipe's feeder thread may have delivered a put made in this same process: wait briefly."""
 
+    def __init__(self):
+        import multiprocessing as mp
+
+        self._q = mp.get_context("fork").Queue()
+
+    def put(self, item) -> None:
+        self._q.put(item)
+
+    def get_nowait(self):
+        return self._q.get(timeout=60)  # queue.Empty, as megatron-core expects, if nothing came
+
+
+def _writer_results_queue():
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
+        filesystem_async._results_queue = _ResultsQueue()
 
 
 def _strategy(thread_count: int):
