@@ -9,6 +9,7 @@ trainer's counters and Adam's step. RNG: one object per rank, loaded only on the
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any, Dict, List
 
@@ -141,7 +142,8 @@ def load(directory: str, models, optimizer, load_optim: bool, load_rng: bool, st
             key = "model" if len(models) == 1 else f"model{i}"
             unwrap(m).load_state_dict(loaded[key], strict=True)
         if "optimizer" in request:
-            optimizer.load_state_dict(loaded["optimizer"])
+            with _step_kept_aside(optimizer):
+                optimizer.load_state_dict(loaded["optimizer"])
     if "optimizer" in request:
         set_adam_step(optimizer, int(common["common"].get("optimizer_step", 0)))
     elif optimizer is not None:
@@ -149,6 +151,25 @@ def load(directory: str, models, optimizer, load_optim: bool, load_rng: bool, st
     if load_rng:
         set_rng_state(loaded[RNG_KEY])
     return {"scheduler": common.get("scheduler"), **common["common"]}
+
+
+@contextlib.contextmanager
+def _step_kept_aside(optimizer):
+    """megatron-core 0.16.1's distributed optimizer copies every per-parameter state entry from the
+    checkpoint, which holds no ``step`` for torch's Adam (KeyError: 'step'): give it a dummy one;
+    the real step is set afterwards from the common state (:func:`set_adam_step`)."""
+    patched = []
+    for megatron_opt, _ in torch_optimizers(optimizer):
+        if hasattr(megatron_opt, "_set_main_param_and_optimizer_states"):
+            setter = megatron_opt._set_main_param_and_optimizer_states
+            megatron_opt._set_main_param_and_optimizer_states = (
+                lambda p, tensors, _set=setter: _set(p, {"step": torch.zeros(()), **tensors}))
+            patched.append(megatron_opt)
+    try:
+        yield
+    finally:
+        for megatron_opt in patched:
+            del megatron_opt._set_main_param_and_optimizer_states  # back to the class's method
 
 
 def _has_optimizer(directory: str) -> bool:
