@@ -1,5 +1,5 @@
 """Tiny trained checkpoints for the evaluation tests, written in the trainer's exact format
-(megatron.training.checkpointing.save_checkpoint) from multi-rank bodies."""
+(megatron.checkpoint.Saver) from multi-rank bodies."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def body_train_and_save(ctx, out_dir, steps=40, flags=None, ltd_layers=None, pro
     of ``probe`` (gathered across TP ranks) from the model that was saved."""
     from megatron.core import parallel_state as ps
 
-    from megatron.training.checkpointing import save_checkpoint
+    from megatron.checkpoint import Saver
 
     flags = dict(FLAGS, **(flags or {}))
     model_cfg, model, vocab = _build(ctx, flags, ltd_layers)
@@ -111,9 +111,11 @@ def body_train_and_save(ctx, out_dir, steps=40, flags=None, ltd_layers=None, pro
             opt.zero_grad()
             loss.backward()
             opt.step()
-    save_checkpoint(out_dir, max(steps, 1), [model], None, None, {"note": "eval test"},
-                    metadata(model_cfg, ctx.tp, ctx.pp, vocab, ltd_layers))
+    Saver(out_dir, say=lambda _: None).save(max(steps, 1), [model], None, None, {"note": "eval test"},
+                                            metadata(model_cfg, ctx.tp, ctx.pp, vocab, ltd_layers))
     out = {"vocab": vocab}
+    if ctx.tp == 1 and ctx.pp == 1:
+        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     if probe is not None and ctx.pp == 1:
         model.eval()
         with torch.no_grad():
