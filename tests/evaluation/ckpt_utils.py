@@ -137,3 +137,20 @@ def body_full_state(ctx, flags=None, seed=0, vocab_tp=1):
     _, model, _ = _build(ctx, dict(FLAGS, **(flags or {})), vocab_tp=vocab_tp)
     fill_params_deterministically(model, seed=seed)
     return {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def write_legacy_checkpoint(out_dir: str, iteration: int, state_dict: dict, meta: dict) -> None:
+    """A TP=1/PP=1 checkpoint in the retired per-rank format (mp_rank_00_000/model_optim_rng.pt
+    and a metadata.json marking it complete), as runs before the torch_dist format wrote them."""
+    import json
+    import os
+
+    d = os.path.join(out_dir, f"iter_{iteration:07d}")
+    os.makedirs(os.path.join(d, "mp_rank_00_000"))
+    torch.save({"format_version": 1, "iteration": iteration, "model": state_dict, "tp_partition_dims": [{}],
+                "layer_offsets": [0], "optimizer": None, "scheduler": None, "trainer": {}},
+               os.path.join(d, "mp_rank_00_000", "model_optim_rng.pt"))
+    with open(os.path.join(d, "metadata.json"), "w") as f:
+        json.dump(dict(meta, complete=True, iteration=iteration, format_version=1), f)
+    with open(os.path.join(out_dir, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write(str(iteration))

@@ -129,3 +129,23 @@ def test_missing_damaged_and_mismatched_checkpoints_are_refused(eval_runtime, tr
     # Matching flags and an evaluation window change are accepted.
     ok = load_for_inference(trained_ckpt, model_flags={"num_layers": 3}, seq_length=32)
     assert ok.seq_length == 32
+
+
+def test_checkpoint_in_the_retired_per_rank_format_is_read_and_converted_once(loaded, trained, tmp_path):
+    from megatron.checkpoint import ResumeOptions, load
+    from megatron.evaluation.cli import convert_main
+    from tests.evaluation.ckpt_utils import write_legacy_checkpoint
+
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    meta = {k: v for k, v in loaded.metadata.items() if k not in ("files", "format", "complete")}
+    write_legacy_checkpoint(old, 7, trained[1], meta)
+    # Training refuses it with the way out; the evaluation loader reads it; the converter writes it anew.
+    with pytest.raises(CheckpointError, match="retired per-rank format.*convert_checkpoint.py --load"):
+        load(old, [], None, None, {}, {}, ResumeOptions())
+    probe = _probe()
+    expected = loaded.logits(probe)
+    assert torch.equal(load_for_inference(old).logits(probe), expected)
+    assert convert_main(["--load", old, "--save", new]) == 0
+    converted = load_for_inference(new)
+    assert converted.metadata["format"] == "torch_dist" and converted.metadata["converted_from"]["format"] == "legacy"
+    assert torch.equal(converted.logits(probe), expected)
