@@ -91,7 +91,7 @@ class Saver:
             files.maybe_crash("save-model", iteration)
             request = dist_checkpointing.save(sharded, partial, sharded_strategy=_strategy(self.thread_count),
                                               async_sharded_save=True)
-        except Exception as e:  # noqa: BLE001 - every failure of a save is reported with its directory
+        except BaseException as e:  # noqa: BLE001 - torch's CheckpointException is a BaseException; _failed re-raises
             self._failed(partial, e)
         meta = dict(metadata, iteration=iteration, format=files.FORMAT, state_bytes=state.state_bytes(models, optimizer))
         job = {"iteration": iteration, "partial": partial, "final": final, "meta": meta, "t0": t0, "steps_overlapped": 0}
@@ -99,7 +99,7 @@ class Saver:
         if not self.async_save:
             try:
                 request.execute_sync()
-            except Exception as e:  # noqa: BLE001
+            except BaseException as e:  # noqa: BLE001 - see above
                 self._failed(partial, e)
             return final
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -134,7 +134,7 @@ class Saver:
         job = self._pending
         try:
             self._queue.maybe_finalize_async_calls(blocking=blocking)
-        except Exception as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - see above
             self._pending = None
             self._failed(job["partial"], e)
         if self._queue.get_num_unfinalized_calls() == 0:
