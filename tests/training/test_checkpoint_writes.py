@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+import torch
 
 from megatron.checkpoint import CheckpointError
 from tests.training.inprocess import TINY, open_trainer, train, trainer_runtime  # noqa: F401 (fixture)
@@ -59,3 +60,17 @@ def test_full_disk_is_reported_and_the_previous_checkpoint_stays(tmp_path, monke
     monkeypatch.undo()
     with open_trainer(TINY + ["--train-iters", "4", "--load", ck]) as (trainer, _):
         assert trainer.counters.iteration == 2
+
+
+def test_seed_checkpoint_gives_its_weights_to_a_run_with_another_seed(tmp_path):
+    from megatron.checkpoint.state import unwrap
+    from megatron.training.entry import save_seed_main
+
+    seed = str(tmp_path / "seed")
+    save_seed_main(TINY + ["--train-iters", "1", "--seed", "5", "--save", seed])
+    with open_trainer(TINY + ["--train-iters", "2", "--seed", "5"]) as (trainer, _):
+        expected = {n: p.detach().clone() for n, p in unwrap(trainer.models[0]).named_parameters()}
+    with open_trainer(TINY + ["--train-iters", "2", "--seed", "7", "--load", seed]) as (trainer, out):
+        assert trainer.counters.iteration == 0 and "loaded" in out
+        got = {n: p.detach() for n, p in unwrap(trainer.models[0]).named_parameters()}
+    assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in got)
