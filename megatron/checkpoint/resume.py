@@ -50,7 +50,7 @@ def plan_load(load: str) -> LoadPlan:
             raise CheckpointError(f"--load {load} is a save that did not finish (a .partial directory); "
                                   f"load {root} (its newest complete checkpoint) or one of {[iter_dir(root, i) for i in done[-3:]]}")
         if iteration not in done:
-            raise CheckpointError(f"--load {load} is not a complete checkpoint (no metadata.json); complete ones in {root}: "
+            raise CheckpointError(f"--load {load} is not a complete checkpoint (no manifest.json); complete ones in {root}: "
                                   f"{done or 'none'}")
         return LoadPlan(root, [iteration], explicit=True)
 

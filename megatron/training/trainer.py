@@ -202,8 +202,8 @@ class Trainer:
 
     def _kept_checkpoint(self) -> str:
         """What a stop leaves on disk, for its message."""
-        newest = (checkpoint.iter_dir(self.cfg.checkpoint.save, self.last_save_iteration)
-                  if self.last_save_iteration is not None else self.loaded_from)
+        committed = self.saver.committed if self.saver is not None else []  # an async save may be in flight
+        newest = checkpoint.iter_dir(self.cfg.checkpoint.save, committed[-1]) if committed else self.loaded_from
         if newest is None:
             return "nothing was saved" + ("" if self.cfg.checkpoint.save else " (no --save)")
         return f"the newest checkpoint is {newest}, written before this iteration"
