@@ -115,9 +115,8 @@ class Saver:
         """Collective, after a step: commit a finished asynchronous save (cheap when none is pending)."""
         if self._pending is None:
             return
+        self._pending["steps_overlapped"] += 1  # one more step ran while the write was in flight
         self._finalize(blocking=False)
-        if self._pending is not None:
-            self._pending["steps_overlapped"] += 1
 
     def wait(self) -> None:
         """Collective: block until the pending asynchronous save (if any) is committed."""
