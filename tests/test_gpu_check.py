@@ -17,7 +17,7 @@ def test_gpu_check_dry_run(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] and report["ok"]
     steps = {s["name"]: s for s in report["steps"]}
-    assert list(steps) == ["environment", "gpu_tests", "bench_torch", "bench_fused", "ops", "recipe_1.3b"]
+    assert list(steps) == ["environment", "gpu_tests", "bench_torch", "bench_fused", "ops", "recipe_1.3b", "checkpoints"]
     assert all(s["rc"] == 0 and s["seconds"] > 0 for s in steps.values())
     for name in ("bench_torch", "bench_fused"):
         rows = steps[name]["result"]["rows"]
@@ -28,4 +28,8 @@ def test_gpu_check_dry_run(tmp_path):
     train = steps["recipe_1.3b"]["result"]["train"]
     assert len(train) == 12 and train[-1]["kept_length"] > train[0]["kept_length"]  # the ramp ran
     assert "--random-ltd" in steps["recipe_1.3b"]["command"]
+    ckpt = steps["checkpoints"]["result"]
+    assert ckpt["checks"] == {"async_equals_sync": True, "load_continues_sync": True, "finetune_keeps_weights": True,
+                              "async_committed": True}
+    assert ckpt["state_bytes"] <= ckpt["checkpoint_bytes"] <= 2 * ckpt["state_bytes"]  # tiny tensors: headers weigh more
     assert "passed" in log

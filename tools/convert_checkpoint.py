@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Convert a checkpoint saved at any TP x PP layout.
+"""Convert a checkpoint saved at any TP x PP layout, in the current format or the retired per-rank one.
 
-    # merge into one TP=1/PP=1 checkpoint (weights only), same format
+    # a TP=1/PP=1 checkpoint of the current format (weights only): the one-time conversion of
+    # per-rank checkpoints; --save must be new or empty (never another run's checkpoints)
     python tools/convert_checkpoint.py --load runs/gpt_tp2_pp2 --save runs/gpt_merged
-    # export a Hugging Face transformers model directory (GPT-2 or LLaMA architecture)
+    # export a Hugging Face transformers model directory (GPT-2 or LLaMA architecture); the
+    # directory must be new or empty
     python tools/convert_checkpoint.py --load runs/gpt_tp2_pp2 --to-hf runs/gpt_hf
 
-The merged checkpoint (metadata.json, mp_rank_00_000/model_optim_rng.pt, tracker written last)
-loads for evaluation or for fine-tuning with --finetune / --no-load-optim. The Hugging Face
-directory (config.json, model.safetensors, tokenizer.json) loads with
+The converted checkpoint loads for evaluation or for fine-tuning with --finetune / --no-load-optim.
+The Hugging Face directory (config.json, model.safetensors, tokenizer.json) loads with
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` (needs ``.[hf]``).
 """
 
@@ -23,7 +24,7 @@ def hf_main(argv) -> int:
     p = argparse.ArgumentParser(description="Export a checkpoint as a Hugging Face transformers model directory.",
                                 allow_abbrev=False)
     p.add_argument("--load", required=True, help="Source checkpoint directory (any TP/PP layout).")
-    p.add_argument("--to-hf", required=True, metavar="OUT", help="Destination directory (replaced atomically).")
+    p.add_argument("--to-hf", required=True, metavar="OUT", help="Destination directory (new or empty; written atomically).")
     p.add_argument("--iteration", type=int, default=None, help="Export this iteration (default: the latest).")
     p.add_argument("--tokenizer-model", default=None,
                    help="SentencePiece model to export instead of the path recorded in the checkpoint.")

@@ -2,14 +2,15 @@
 # One prepared GPU check (about 5 minutes on one H100/H200, 7.7 at most): the GPU tests, the
 # model-step benchmark at the GPT-1.3B shape with the torch ops and with the Triton kernels (MFU
 # against 989 TFLOP/s bf16 dense peak), the gather/scatter cost per layer (torch pair, route,
-# Triton), and 12 iterations of the 1.3B random-LTD launcher's recipe on mock data.
+# Triton), 12 iterations of the 1.3B random-LTD launcher's recipe on mock data, and the checkpoint
+# check (tools/checkpoint_check.py: bf16 random-LTD saved sync and async, --load, --finetune).
 #
 #   tools/gpu_check.sh              # on the GPU machine, from the repository root
 #   tools/gpu_check.sh --dry-run    # every step at a tiny shape on CPU (also: GPU_CHECK_DRY=1)
 #
 # Writes $OUT/gpu_check.json (one entry per step: command, exit code, seconds, the step's own JSON)
 # and $OUT/gpu_check.log (everything printed); OUT defaults to ./gpu_check_out. Each step has its
-# own timeout (seconds: GPU_CHECK_T_TESTS, _BENCH, _RECIPE), so one hung step cannot eat the budget.
+# own timeout (seconds: GPU_CHECK_T_TESTS, _BENCH, _RECIPE, _CKPT), so one hung step cannot eat the budget.
 # On a bare machine (no network) the megatron-core wheel travels in .whl/ and is installed from
 # there into /tmp/site when megatron.core does not import; carry pytest's wheels the same way
 # (`pip download pytest -d .whl`) if the machine has no pytest.
@@ -41,6 +42,10 @@ export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 if [ "$DRY" = 1 ]; then
     export MEGATRON_LTD_FORCE_CPU=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     T_TESTS=${GPU_CHECK_T_TESTS:-300} T_BENCH=${GPU_CHECK_T_BENCH:-240} T_RECIPE=${GPU_CHECK_T_RECIPE:-240}
+    T_CKPT=${GPU_CHECK_T_CKPT:-240}
+    CKPT_SHAPE=(--num-layers 3 --hidden-size 32 --num-attention-heads 4 --seq-length 32 --micro-batch-size 2
+                --global-batch-size 4 --vocab-size 256 --lr 1e-2 --min-lr 1e-3 --random-ltd-min-seq 8
+                --random-ltd-seq-step 8 --random-ltd-require-steps 6 --cpu)
     OPS_SHAPE=(--smoke --cpu)
     SHAPE=(--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --micro-batch-size 2
            --vocab-size 256 --warmup 1 --iters 2 --cpu)
@@ -48,8 +53,13 @@ if [ "$DRY" = 1 ]; then
                   --micro-batch-size 2 --global-batch-size 4 --random-ltd-min-seq 16 --random-ltd-require-steps 10 --cpu)
     KERNEL_FUSED=auto  # resolves to torch on CPU; the kernels themselves are tested under the interpreter
 else
-    # Sum of the timeouts: 30 + 100 + 2 x 80 + 40 + 130 s = 7.7 minutes at most.
+    # Sum of the timeouts: 30 + 100 + 2 x 80 + 40 + 130 + 120 s = 9.7 minutes at most.
     T_TESTS=${GPU_CHECK_T_TESTS:-100} T_BENCH=${GPU_CHECK_T_BENCH:-80} T_RECIPE=${GPU_CHECK_T_RECIPE:-130}
+    T_CKPT=${GPU_CHECK_T_CKPT:-120}
+    # ~200M parameters: each checkpoint ~2.9 GB (bf16 weights, fp32 main copies and Adam moments).
+    CKPT_SHAPE=(--num-layers 12 --hidden-size 1024 --num-attention-heads 16 --seq-length 1024 --micro-batch-size 4
+                --global-batch-size 8 --vocab-size 50257 --lr 3e-4 --min-lr 3e-5 --random-ltd-min-seq 256
+                --random-ltd-seq-step 128 --random-ltd-require-steps 6)
     SHAPE=(--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 --micro-batch-size 8
            --vocab-size 50304 --warmup 3 --iters 10)
     # examples/gpt/pretrain_gpt_1.3b_random_ltd.sh's recipe, global batch shrunk to one GPU and a
@@ -103,6 +113,8 @@ run_step recipe_1.3b "$T_RECIPE" "$PY" pretrain_gpt.py --mock-data "${RECIPE_SHA
     --lr 2e-4 --min-lr 1e-6 --adam-beta2 0.95 --weight-decay 0.1 --clip-grad 1.0 --train-iters 12 --random-ltd \
     --random-ltd-kernel "$KERNEL_FUSED" --log-interval 1 --eval-iters 0 --no-progress \
     --metrics-file "$OUT/steps/recipe_metrics.jsonl"
+run_step checkpoints "$T_CKPT" "$PY" tools/checkpoint_check.py --mock-data "${CKPT_SHAPE[@]}" \
+    --dir "${TMPDIR:-/tmp}/gpu_check_ckpt" --json-out "$OUT/steps/checkpoints.json"
 
 "$PY" - "$OUT" "$DRY" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, os, sys

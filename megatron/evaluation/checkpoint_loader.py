@@ -1,8 +1,11 @@
 """Load any saved GPT checkpoint for inference at TP=1/PP=1 on one device.
 
-A run saved with tensor parallelism ``tp`` and pipeline parallelism ``pp`` holds one
-``mp_rank_TT_PPP/model_optim_rng.pt`` per (tp, pp) rank (format: :mod:`megatron.training.checkpointing`).
-Merging them into one state dict takes two rules:
+A checkpoint in the current format (megatron-core ``dist_checkpointing``, see
+:mod:`megatron.checkpoint`) is read straight into a TP=1/PP=1 model: megatron-core's sharded
+state dicts put every shard where it belongs (SwiGLU, GQA, tied weights included).
+
+A checkpoint of the retired per-rank format holds one ``mp_rank_TT_PPP/model_optim_rng.pt`` per
+(tp, pp) rank. Merging them into one state dict takes two rules:
 
 * **Tensor parallelism.** A parameter listed in the rank file's ``tp_partition_dims`` is a shard:
   the full tensor is the concatenation of the shards of tp ranks 0..tp-1 along that dim.
@@ -24,25 +27,29 @@ with random-LTD off (random-LTD layers have the stock layers' keys, so nothing e
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import shutil
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
-from megatron.training.checkpointing import (
+from megatron.checkpoint.files import (
     TRACKER,
     CheckpointError,
-    atomic_write_text,
+    check_file,
     complete_iterations,
-    durable_torch_save,
+    holds_checkpoints,
     iter_dir,
     latest_iteration,
-    rank_dir_name,
-    read_metadata,
+    read_manifest,
 )
+
+read_metadata = read_manifest  # the name the evaluation CLI and launchers use
+
+
+def rank_dir_name(tp_rank: int, pp_rank: int) -> str:
+    """A rank directory of the retired per-rank format."""
+    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
 
 __all__ = [
     "CheckpointError",
@@ -189,7 +196,7 @@ def merge_rank_states(rank_states: Mapping[Tuple[int, int], Dict[str, Any]], tp:
 
 def read_merged_state_dict(load_dir: str, iteration: Optional[int] = None,
                            dims_out: Optional[Dict[str, int]] = None) -> Tuple[Dict[str, Any], Dict[str, Any], int]:
-    """(merged TP=1/PP=1 state dict, metadata, iteration) of a saved run."""
+    """(merged TP=1/PP=1 state dict, metadata, iteration) of a saved run, in either format."""
     iteration = resolve_iteration(load_dir, iteration)
     meta = read_metadata(load_dir, iteration)
     for key in ("model_flags", "layout"):
@@ -197,14 +204,49 @@ def read_merged_state_dict(load_dir: str, iteration: Optional[int] = None,
             raise CheckpointError(f"{iter_dir(load_dir, iteration)}/metadata.json has no {key!r}: damaged checkpoint")
     if meta.get("model_type", "gpt") != "gpt":
         raise CheckpointError(f"only GPT checkpoints can be evaluated zero-shot (this one is {meta.get('model_type')!r})")
+    d = iter_dir(load_dir, iteration)
+    if meta["format"] != "legacy":
+        return _read_dist_state_dict(d, meta), meta, iteration
     layout = meta["layout"]
     tp, pp = int(layout.get("tp", 1)), int(layout.get("pp", 1))
-    d = iter_dir(load_dir, iteration)
     states = {(t, p): _load_rank_file(os.path.join(d, rank_dir_name(t, p), _RANK_FILE))
               for t in range(tp) for p in range(pp)}
     tied = not meta["model_flags"].get("untie_embeddings_and_output_weights", False)
     swiglu = bool(meta["model_flags"].get("swiglu", False))
     return merge_rank_states(states, tp, pp, tied_embeddings=tied, dims_out=dims_out, swiglu=swiglu), meta, iteration
+
+
+def _model_config(meta: Dict[str, Any], overrides: Optional[Mapping[str, Any]] = None):
+    from megatron.training.config import ModelConfig
+
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    flags = {k: v for k, v in meta["model_flags"].items() if k in known}
+    flags.update(hidden_dropout=0.0, attention_dropout=0.0, **(overrides or {}))
+    try:
+        return ModelConfig(**flags)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build the model from the checkpoint's flags: {e}") from e
+
+
+def _read_dist_state_dict(d: str, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """Every file checked against the manifest (size and CRC-32), then the weights read into a
+    TP=1/PP=1 fp32 model on the host; its state dict."""
+    from megatron.checkpoint import load_weights
+    from megatron.training.config import ParallelConfig
+    from megatron.training.gpt import gpt_model_from_flags
+    from megatron.training.model_setup import transformer_config
+
+    for rel, expected in sorted((meta.get("files") or {}).items()):
+        check_file(d, rel, expected)
+    ensure_inference_runtime()
+    tcfg = transformer_config(_model_config(meta), ParallelConfig(), use_gpu=False)
+    tcfg.perform_initialization = False  # every weight comes from the checkpoint
+    model = gpt_model_from_flags(_model_config(meta), tcfg, int(meta["padded_vocab_size"]))
+    try:
+        load_weights(model, d)
+    except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit is named, whatever megatron-core raised
+        raise CheckpointError(f"cannot read the weights of {d} into the model its flags describe: {e}") from e
+    return dict(model.state_dict())
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -313,44 +355,25 @@ def load_for_inference(
 
 
 def write_merged_checkpoint(load_dir: str, save_dir: str, iteration: Optional[int] = None) -> str:
-    """Write ``load_dir``'s checkpoint merged to TP=1/PP=1 under ``save_dir`` in the same format
-    (weights only: optimizer state cannot be merged meaningfully). Atomic: the iteration is
-    written under a ``.partial`` directory, renamed into place, and the tracker replaced last.
-    Returns the new iteration directory."""
-    dims: Dict[str, int] = {}
-    state_dict, meta, iteration = read_merged_state_dict(load_dir, iteration, dims_out=dims)
-    final = iter_dir(save_dir, iteration)
-    partial = final + ".partial"
-    os.makedirs(save_dir, exist_ok=True)
-    if os.path.isdir(partial):
-        shutil.rmtree(partial)
-    rank_dir = os.path.join(partial, rank_dir_name(0, 0))
-    os.makedirs(rank_dir)
-    src_rank = _load_rank_file(os.path.join(iter_dir(load_dir, iteration), rank_dir_name(0, 0), _RANK_FILE))
-    state = {
-        "format_version": src_rank.get("format_version", 1),
-        "iteration": iteration,
-        "model": state_dict,
-        # Partition dims are a property of the parameter, not of the layout: kept so the merged
-        # checkpoint can be split again later.
-        "tp_partition_dims": [dims],
-        "layer_offsets": [0],
-        "optimizer": None,
-        "scheduler": None,
-        "trainer": src_rank.get("trainer"),
-    }
-    durable_torch_save(state, os.path.join(rank_dir, _RANK_FILE))
-    new_meta = dict(meta)
-    new_meta["layout"] = dict(meta.get("layout", {}), tp=1, pp=1, dp=1, vpp=None)
-    new_meta["converted_from"] = {"load": os.path.abspath(load_dir), "layout": meta.get("layout")}
-    new_meta["distributed_optimizer"] = False
-    new_meta["complete"] = True
-    atomic_write_text(os.path.join(partial, "metadata.json"), json.dumps(new_meta, indent=1, sort_keys=True))
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.rename(partial, final)
-    atomic_write_text(os.path.join(save_dir, TRACKER), str(iteration))
-    return final
+    """Write ``load_dir``'s checkpoint (either format, any layout) under ``save_dir`` as a TP=1/PP=1
+    checkpoint of the current format, weights only (resume it with --finetune or --no-load-optim):
+    the one-time conversion of checkpoints written in the retired per-rank format. Refused when
+    ``save_dir`` already holds checkpoints (another run's, whose tracker it would move). Atomic
+    like every save. Returns the new iteration directory."""
+    from megatron.checkpoint import Saver
+
+    if holds_checkpoints(save_dir):
+        raise CheckpointError(f"--save {save_dir} already holds checkpoints (a tracker or iter_* directories); "
+                              "converting into it could replace them or move its tracker: give an empty or new directory")
+    loaded = load_for_inference(load_dir, iteration, build_tokenizer=False, force_cpu=True)
+    meta = dict(loaded.metadata)
+    for key in ("files", "complete", "saved_at", "save_seconds", "state_bytes", "world_size", "format", "format_version"):
+        meta.pop(key, None)
+    meta.update(layout={"tp": 1, "pp": 1, "dp": 1, "vpp": None}, distributed_optimizer=False,
+                converted_from={"load": os.path.abspath(load_dir), "layout": loaded.metadata.get("layout"),
+                                "format": loaded.metadata.get("format")})
+    trainer_state = {"counters": meta["counters"]} if "counters" in meta else {}
+    return Saver(save_dir, say=lambda _: None).save(loaded.iteration, [loaded.model], None, None, trainer_state, meta)
 
 
 def iter_layer_keys(state_dict: Mapping[str, Any]) -> Iterable[int]:

@@ -159,11 +159,12 @@ def convert_main(argv: Optional[Sequence[str]] = None) -> int:
     from megatron.evaluation.checkpoint_loader import CheckpointError, write_merged_checkpoint
 
     p = argparse.ArgumentParser(
-        description="Merge a checkpoint saved at any TP/PP layout into one TP=1/PP=1 checkpoint (weights only).",
+        description="Convert a checkpoint saved at any TP/PP layout (either format) into one TP=1/PP=1 checkpoint of "
+                    "the current format (weights only).",
         allow_abbrev=False,
     )
     p.add_argument("--load", required=True, help="Source checkpoint directory.")
-    p.add_argument("--save", required=True, help="Destination directory (written atomically, tracker last).")
+    p.add_argument("--save", required=True, help="Destination directory, new or empty (written atomically, tracker last).")
     p.add_argument("--iteration", type=int, default=None, help="Convert this iteration (default: the latest).")
     args = p.parse_args(argv)
     if os.path.abspath(args.load) == os.path.abspath(args.save):

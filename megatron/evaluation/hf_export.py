@@ -241,6 +241,9 @@ def export_to_hf(load_dir: str, out_dir: str, iteration: Optional[int] = None,
     renamed into place, so a failed export leaves nothing that looks complete. Returns a summary."""
     from safetensors.torch import save_file
 
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise CheckpointError(f"--to-hf {out_dir} is not empty: exporting would replace what it holds; give a new or "
+                              "empty directory")
     state_dict, meta, iteration = read_merged_state_dict(load_dir, iteration)
     flags = dict(meta["model_flags"])
     vocab = int(meta.get("padded_vocab_size") or state_dict["embedding.word_embeddings.weight"].shape[0])
@@ -275,7 +278,7 @@ def export_to_hf(load_dir: str, out_dir: str, iteration: Optional[int] = None,
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
+        os.rmdir(out_dir)  # empty (checked above): never removes anything
     os.rename(partial, out_dir)
     return {"out_dir": out_dir, "architecture": arch, "iteration": iteration, "tokenizer": tokenizer,
             "parameters": sum(v.numel() for v in weights.values())}

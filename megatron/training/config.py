@@ -188,8 +188,13 @@ class CheckpointConfig:
     random_ltd_allow_change: bool = field(
         default=False, metadata=_m("On --load, accept random-LTD settings (seed, layers, ramp) that differ from the "
                                    "checkpoint's (the dropped tokens change from then on)."))
+    async_save: bool = field(
+        default=False, metadata=_m("Write checkpoints in the background while training goes on; each is committed "
+                                   "(tracker, manifest) once its write is complete on every rank."))
 
     def __post_init__(self) -> None:
+        if self.async_save and self.save is None:
+            raise ValueError("--async-save needs --save DIR")
         if self.save_interval is not None and self.save is None:
             raise ValueError("--save-interval needs --save DIR")
         if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:

@@ -19,7 +19,8 @@ import torch
 
 from megatron.ltd.schedule import kept_length
 from megatron.runtime import collectives
-from megatron.training import checkpoint_load, checkpointing, preemption
+from megatron import checkpoint
+from megatron.training import preemption
 from megatron.training.config import PretrainConfig
 from megatron.training.guards import LossGuard, TrainingDiverged, TrainingStopped, check_token_ids  # noqa: F401 (re-exported)
 from megatron.training.lr_schedule import (
@@ -83,6 +84,9 @@ class Trainer:
 
         self.tokenizer = build_tokenizer(cfg.tokenizer)
         self.vocab_size = padded_vocab_size(self.tokenizer.vocab_size, m.make_vocab_size_divisible_by, p.tensor_model_parallel_size)
+        if cfg.checkpoint.load:  # keep the checkpoint's padding when only the TP size changed it
+            self.vocab_size = checkpoint.resume_vocab_size(cfg.checkpoint.load, self.tokenizer.vocab_size,
+                                                           m.make_vocab_size_divisible_by, p.tensor_model_parallel_size)
         self.tconfig = transformer_config(m, p, cfg.precision, t, use_gpu=self.device_info.use_gpu)
         ltd = cfg.random_ltd
         self.ltd_layers: Optional[List[int]] = ltd.resolve_layers(m.num_layers) if ltd.enabled else None
@@ -149,6 +153,9 @@ class Trainer:
         f = cfg.fault
         self.guard = LossGuard(f.loss_spike_factor, f.loss_spike_window, f.max_consecutive_skipped_steps)
         self.stops = preemption.StopRequests(f.exit_signal_handler, f.exit_duration_in_mins, self.device)
+        ck = cfg.checkpoint
+        self.saver = checkpoint.Saver(ck.save, ck.keep_last_checkpoints, ck.async_save, say=self.logger.print,
+                                      thread_count=2 if self.device_info.use_gpu else 1) if ck.save else None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
@@ -178,13 +185,12 @@ class Trainer:
         cfg, ck = self.cfg, self.cfg.checkpoint
         # Only flags that change what the weights mean must match (dropout, init, seq length may change).
         must_match = {k: v for k, v in self.model_flags.items() if k in cfg.MODEL_FLAGS_THAT_MUST_MATCH}
-        opts = checkpoint_load.ResumeOptions(
+        opts = checkpoint.ResumeOptions(
             load_optim=ck.load_optim, load_rng=ck.load_rng, finetune=ck.finetune,
-            distributed_optimizer=cfg.parallel.use_distributed_optimizer,
             override_scheduler=ck.override_opt_param_scheduler, use_checkpoint_scheduler=ck.use_checkpoint_opt_param_scheduler,
             lr_schedule_unit=cfg.lr.lr_schedule_unit, random_ltd=self._resolved_ltd(), num_layers=cfg.model.num_layers,
             random_ltd_allow_change=ck.random_ltd_allow_change, all_flags=self.model_flags, padded_vocab_size=self.vocab_size)
-        state = checkpoint_load.load_checkpoint(ck.load, self.models, self.optimizer, self.scheduler, must_match, self.layout,
+        state = checkpoint.load(ck.load, self.models, self.optimizer, self.scheduler, must_match, self.layout,
                                                 opts, say=_rank0_print)
         if state is None:
             return
@@ -196,20 +202,16 @@ class Trainer:
 
     def _kept_checkpoint(self) -> str:
         """What a stop leaves on disk, for its message."""
-        newest = (checkpointing.iter_dir(self.cfg.checkpoint.save, self.last_save_iteration)
-                  if self.last_save_iteration is not None else self.loaded_from)
+        committed = self.saver.committed if self.saver is not None else []  # an async save may be in flight
+        newest = checkpoint.iter_dir(self.cfg.checkpoint.save, committed[-1]) if committed else self.loaded_from
         if newest is None:
             return "nothing was saved" + ("" if self.cfg.checkpoint.save else " (no --save)")
         return f"the newest checkpoint is {newest}, written before this iteration"
 
     def save(self) -> None:
-        ck = self.cfg.checkpoint
         it = self.counters.iteration
-        path = checkpointing.save_checkpoint(ck.save, it, self.models, self.optimizer, self.scheduler,
-                                             self.state_dict(), self._metadata(), ck.keep_last_checkpoints,
-                                             distributed_optimizer=self.cfg.parallel.use_distributed_optimizer)
+        self.saver.save(it, self.models, self.optimizer, self.scheduler, self.state_dict(), self._metadata())
         self.last_save_iteration = it
-        self.logger.print(f"[checkpoint] saved {path}")
 
     # ------------------------------------------------------------------ data
     def _num_samples(self) -> List[int]:
@@ -366,7 +368,9 @@ class Trainer:
                         e, self.counters.iteration + 1, cfg.fault.distributed_timeout_minutes)) from e
                 raise
             it = self.counters.iteration
-            checkpointing._maybe_crash("iteration", it)  # fault injection for the resume tests
+            checkpoint.maybe_crash("iteration", it)  # fault injection for the resume tests
+            if self.saver is not None:
+                self.saver.poll()  # commit an asynchronous save whose write has finished
             log_iters += 1
             log_skipped += int(last["skipped"])
             log_tokens += self.full_step.raw_tokens
@@ -404,6 +408,8 @@ class Trainer:
             self._eval_and_log(self.counters.iteration, time.time() - run_t0)
         if cfg.checkpoint.save and self.last_save_iteration != self.counters.iteration and self.counters.iteration > start_it:
             self.save()
+        if self.saver is not None:
+            self.saver.wait()  # the run ends with every checkpoint committed
         wall = time.time() - run_t0
         summary = {
             "iterations": self.counters.iteration, "samples": self.counters.samples,
@@ -469,6 +475,8 @@ class Trainer:
         return ", from the checkpoint" if ck.use_checkpoint_opt_param_scheduler else ""
 
     def close(self) -> None:
+        if self.saver is not None:
+            self.saver.close()
         self.stops.close()
         self.logger.close()
 

@@ -1,5 +1,5 @@
 """Tiny trained checkpoints for the evaluation tests, written in the trainer's exact format
-(megatron.training.checkpointing.save_checkpoint) from multi-rank bodies."""
+(megatron.checkpoint.Saver) from multi-rank bodies."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def body_train_and_save(ctx, out_dir, steps=40, flags=None, ltd_layers=None, pro
     of ``probe`` (gathered across TP ranks) from the model that was saved."""
     from megatron.core import parallel_state as ps
 
-    from megatron.training.checkpointing import save_checkpoint
+    from megatron.checkpoint import Saver
 
     flags = dict(FLAGS, **(flags or {}))
     model_cfg, model, vocab = _build(ctx, flags, ltd_layers)
@@ -111,9 +111,11 @@ def body_train_and_save(ctx, out_dir, steps=40, flags=None, ltd_layers=None, pro
             opt.zero_grad()
             loss.backward()
             opt.step()
-    save_checkpoint(out_dir, max(steps, 1), [model], None, None, {"note": "eval test"},
-                    metadata(model_cfg, ctx.tp, ctx.pp, vocab, ltd_layers))
+    Saver(out_dir, say=lambda _: None).save(max(steps, 1), [model], None, None, {"note": "eval test"},
+                                            metadata(model_cfg, ctx.tp, ctx.pp, vocab, ltd_layers))
     out = {"vocab": vocab}
+    if ctx.tp == 1 and ctx.pp == 1:
+        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     if probe is not None and ctx.pp == 1:
         model.eval()
         with torch.no_grad():
@@ -135,3 +137,20 @@ def body_full_state(ctx, flags=None, seed=0, vocab_tp=1):
     _, model, _ = _build(ctx, dict(FLAGS, **(flags or {})), vocab_tp=vocab_tp)
     fill_params_deterministically(model, seed=seed)
     return {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def write_legacy_checkpoint(out_dir: str, iteration: int, state_dict: dict, meta: dict) -> None:
+    """A TP=1/PP=1 checkpoint in the retired per-rank format (mp_rank_00_000/model_optim_rng.pt
+    and a metadata.json marking it complete), as runs before the torch_dist format wrote them."""
+    import json
+    import os
+
+    d = os.path.join(out_dir, f"iter_{iteration:07d}")
+    os.makedirs(os.path.join(d, "mp_rank_00_000"))
+    torch.save({"format_version": 1, "iteration": iteration, "model": state_dict, "tp_partition_dims": [{}],
+                "layer_offsets": [0], "optimizer": None, "scheduler": None, "trainer": {}},
+               os.path.join(d, "mp_rank_00_000", "model_optim_rng.pt"))
+    with open(os.path.join(d, "metadata.json"), "w") as f:
+        json.dump(dict(meta, complete=True, iteration=iteration, format_version=1), f)
+    with open(os.path.join(out_dir, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write(str(iteration))

@@ -35,14 +35,20 @@ def eval_runtime():
 
 
 @pytest.fixture(scope="package")
-def trained_ckpt(tmp_path_factory):
-    """A 3-layer GPT trained 120 steps with random-LTD on layer 1 (TP=1), saved by save_checkpoint."""
+def trained(tmp_path_factory):
+    """A 3-layer GPT trained 120 steps with random-LTD on layer 1 (TP=1), saved by the trainer's
+    Saver; (directory, the weights it saved)."""
     from tests.evaluation.ckpt_utils import body_train_and_save
     from tests.multirank import run_multirank
 
     out = str(tmp_path_factory.mktemp("ckpt_tp1"))
-    run_multirank(body_train_and_save, world_size=1, kwargs={"out_dir": out, "steps": 120, "ltd_layers": [1]})
-    return out
+    result = run_multirank(body_train_and_save, world_size=1, kwargs={"out_dir": out, "steps": 120, "ltd_layers": [1]})
+    return out, result[0]["state"]
+
+
+@pytest.fixture(scope="package")
+def trained_ckpt(trained):
+    return trained[0]
 
 
 @pytest.fixture(scope="package")

@@ -12,7 +12,7 @@ from megatron.evaluation.checkpoint_loader import (
     load_for_inference,
     read_merged_state_dict,
 )
-from megatron.training.checkpointing import iter_dir, rank_dir_name
+from megatron.checkpoint import iter_dir
 from tests.evaluation.ckpt_utils import body_full_state, body_train_and_save, corpus_tokens, make_corpus
 from tests.multirank import run_multirank
 
@@ -22,15 +22,14 @@ def _probe():
     return torch.tensor([ids[:48], ids[48:96], ids[96:144]])
 
 
-def test_random_ltd_checkpoint_loads_strictly_into_baseline(loaded, trained_ckpt):
+def test_random_ltd_checkpoint_loads_strictly_into_baseline(loaded, trained):
     meta = loaded.metadata
     assert meta["random_ltd"]["enabled"] and meta["layout"] == {"tp": 1, "pp": 1, "dp": 1, "vpp": None}
     from megatron.ltd.layer import RandomLTDTransformerLayer
 
     assert not any(isinstance(m, RandomLTDTransformerLayer) for m in loaded.model.modules())
     assert not loaded.model.training
-    saved = torch.load(os.path.join(iter_dir(trained_ckpt, loaded.iteration), rank_dir_name(0, 0),
-                                    "model_optim_rng.pt"), weights_only=False)["model"]
+    saved = trained[1]
     for k, v in loaded.model.state_dict().items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, saved[k]), k
@@ -55,10 +54,19 @@ def test_tp2_checkpoint_merged_gives_tp2_logits(eval_runtime, tmp_path):
     assert convert_main(["--load", ckpt, "--save", dst]) == 0
     assert open(os.path.join(dst, "latest_checkpointed_iteration.txt")).read().strip() == "15"
     assert not [n for n in os.listdir(dst) if n.endswith(".partial")]
-    meta = json.load(open(os.path.join(iter_dir(dst, 15), "metadata.json")))
+    meta = json.load(open(os.path.join(iter_dir(dst, 15), "manifest.json")))
     assert meta["layout"]["tp"] == 1 and meta["converted_from"]["layout"]["tp"] == 2
     again = load_for_inference(dst)
     assert torch.equal(again.logits(probe), logits)
+    # A directory that holds checkpoints is never converted into: its tracker would move.
+    other = str(tmp_path / "other")
+    assert convert_main(["--load", ckpt, "--save", other]) == 0
+    os.rename(os.path.join(other, "iter_0000015"), os.path.join(other, "iter_0000099"))
+    with open(os.path.join(other, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("99")
+    assert convert_main(["--load", ckpt, "--save", other]) == 2
+    assert sorted(os.listdir(other)) == ["iter_0000099", "latest_checkpointed_iteration.txt"]
+    assert open(os.path.join(other, "latest_checkpointed_iteration.txt")).read() == "99"
 
 
 def test_tp2_pp2_untied_merge_equals_single_rank_model(tmp_path):
@@ -96,15 +104,19 @@ def test_missing_damaged_and_mismatched_checkpoints_are_refused(eval_runtime, tr
     broken = tmp_path / "broken"
     shutil.copytree(trained_ckpt, broken)
     it = int(open(broken / "latest_checkpointed_iteration.txt").read())
-    rank_file = broken / f"iter_{it:07d}" / rank_dir_name(0, 0) / "model_optim_rng.pt"
-    data = rank_file.read_bytes()
-    rank_file.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cannot be read.*damaged"):
+    shard = broken / f"iter_{it:07d}" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{shard} is altered"):
         load_for_inference(str(broken))
-    rank_file.unlink()
-    with pytest.raises(CheckpointError, match="is missing: the checkpoint is damaged"):
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CheckpointError, match=f"{shard} is truncated"):
         load_for_inference(str(broken))
-    os.remove(broken / f"iter_{it:07d}" / "metadata.json")
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=f"{shard} is missing"):
+        load_for_inference(str(broken))
+    os.remove(broken / f"iter_{it:07d}" / "manifest.json")
     with pytest.raises(CheckpointError, match="missing or incomplete"):
         load_for_inference(str(broken))
 
@@ -117,3 +129,23 @@ def test_missing_damaged_and_mismatched_checkpoints_are_refused(eval_runtime, tr
     # Matching flags and an evaluation window change are accepted.
     ok = load_for_inference(trained_ckpt, model_flags={"num_layers": 3}, seq_length=32)
     assert ok.seq_length == 32
+
+
+def test_checkpoint_in_the_retired_per_rank_format_is_read_and_converted_once(loaded, trained, tmp_path):
+    from megatron.checkpoint import ResumeOptions, load
+    from megatron.evaluation.cli import convert_main
+    from tests.evaluation.ckpt_utils import write_legacy_checkpoint
+
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    meta = {k: v for k, v in loaded.metadata.items() if k not in ("files", "format", "complete")}
+    write_legacy_checkpoint(old, 7, trained[1], meta)
+    # Training refuses it with the way out; the evaluation loader reads it; the converter writes it anew.
+    with pytest.raises(CheckpointError, match="retired per-rank format.*convert_checkpoint.py --load"):
+        load(old, [], None, None, {}, {}, ResumeOptions())
+    probe = _probe()
+    expected = loaded.logits(probe)
+    assert torch.equal(load_for_inference(old).logits(probe), expected)
+    assert convert_main(["--load", old, "--save", new]) == 0
+    converted = load_for_inference(new)
+    assert converted.metadata["format"] == "torch_dist" and converted.metadata["converted_from"]["format"] == "legacy"
+    assert torch.equal(converted.logits(probe), expected)

@@ -36,7 +36,7 @@ def body_train_save(ctx, out_dir, spm_model, flags, steps=12, probe=None):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megatron.data.tokenizers import TokenizerConfig, build_tokenizer
-    from megatron.training.checkpointing import save_checkpoint
+    from megatron.checkpoint import Saver
     from megatron.training.config import ModelConfig, ParallelConfig
     from megatron.training.gpt import gpt_model_from_flags
     from megatron.training.model_setup import padded_vocab_size, transformer_config
@@ -71,7 +71,7 @@ def body_train_save(ctx, out_dir, spm_model, flags, steps=12, probe=None):
         assert opt.step()[0]
     meta = {"model_flags": asdict(model_cfg), "tokenizer": asdict(tok_cfg), "model_type": "gpt",
             "layout": {"tp": ctx.tp, "pp": ctx.pp, "dp": 1, "vpp": None}, "padded_vocab_size": vocab}
-    save_checkpoint(out_dir, steps, [model], None, None, {"note": "hf export test"}, meta)
+    Saver(out_dir, say=lambda _: None).save(steps, [model], None, None, {"note": "hf export test"}, meta)
     out = {"losses": losses, "pp_rank": ctx.pp_rank}
     if probe is not None and ctx.pp == 1:
         model.eval()
@@ -126,6 +126,12 @@ def test_gpt2_export_of_tp2_pp2_checkpoint(eval_runtime, spm_model, tmp_path):
     hf = _export(ckpt, out)
     assert type(hf).__name__ == "GPT2LMHeadModel"
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))
+    # A non-empty --to-hf directory is never replaced.
+    from convert_checkpoint import main as convert_main
+
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    assert convert_main(["--load", ckpt, "--to-hf", out]) == 2
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
 
     ours = load_for_inference(ckpt)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)

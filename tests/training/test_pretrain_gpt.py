@@ -63,16 +63,27 @@ def test_layer_token_lr_follows_its_formula_while_kept_length_changes(tmp_path):
         assert r["lr"] == pytest.approx(_expected_lr(consumed, warmup, decay, 3e-3, 1e-4), rel=1e-9, abs=1e-12), r
 
 
-CRASHES = ["iteration:6", "save-model:8", "save-before-rename:8", "save-before-tracker:8"]
+CRASHES = ["iteration:6", "save-model:8", "save-before-rename:8", "save-before-tracker:8",
+           "async:iteration:9",  # --async-save: killed at the step after the save of 8, before its commit
+           "bf16:iteration:6"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ref")
-    metrics = str(d / "m.jsonl")
-    run_pretrain(TINY_GPT + LTD + ["--train-iters", "12", "--save", str(d / "ck"), "--save-interval", "4",
-                                   "--hidden-dropout", "0.1", "--metrics-file", metrics])
-    return {r["iteration"]: r for r in read_metrics(metrics)}
+    """The uninterrupted run's metrics per precision flags (computed once each, on demand)."""
+    cache = {}
+
+    def reference(precision):
+        if precision not in cache:
+            d = tmp_path_factory.mktemp("ref")
+            metrics = str(d / "m.jsonl")
+            run_pretrain(TINY_GPT + LTD + list(precision) + ["--train-iters", "12", "--save", str(d / "ck"),
+                                                             "--save-interval", "4", "--hidden-dropout", "0.1",
+                                                             "--metrics-file", metrics])
+            cache[precision] = {r["iteration"]: r for r in read_metrics(metrics)}
+        return cache[precision]
+
+    return reference
 
 
 @pytest.mark.parametrize("crash", CRASHES)
@@ -80,6 +91,13 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted, crash):
     ck, metrics = str(tmp_path / "ck"), str(tmp_path / "m.jsonl")
     args = TINY_GPT + LTD + ["--train-iters", "12", "--save", ck, "--save-interval", "4", "--hidden-dropout", "0.1",
                              "--metrics-file", metrics]
+    precision = ()
+    if crash.startswith("async:"):
+        args, crash = args + ["--async-save"], crash[len("async:"):]
+    if crash.startswith("bf16:"):
+        precision, crash = ("--bf16",), crash[len("bf16:"):]
+        args += list(precision)
+    reference = uninterrupted(precision)
     proc = run_pretrain(args, env={"MEGATRON_LTD_CRASH_AT": crash}, check=False)
     assert proc.returncode != 0  # SIGKILLed
     with open(os.path.join(ck, "latest_checkpointed_iteration.txt")) as f:
@@ -92,7 +110,7 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted, crash):
     last_by_iter = {r["iteration"]: r for r in after}
     assert sorted(last_by_iter) == list(range(resumed_from + 1, 13))
     for it, r in last_by_iter.items():
-        ref = uninterrupted[it]
+        ref = reference[it]
         assert r["loss"] == ref["loss"] and r["lr"] == ref["lr"] and r["kept_length"] == ref["kept_length"], (it, r, ref)
         assert r["layer_tokens"] == ref["layer_tokens"]
     assert not any(name.endswith(".partial") for name in os.listdir(ck))

@@ -5,12 +5,14 @@ an older checkpoint when one is damaged, and refusing a resume that would silent
 
 - a save directory: the tracker's iteration; when the tracker is missing or garbage, the newest
   complete checkpoint (said so). A damaged checkpoint (a file missing, empty, truncated or
-  unreadable) is skipped for the next older complete one (said so). A directory holding no
+  altered) is skipped for the next older complete one (said so). A directory holding no
   complete checkpoint starts from scratch; nothing is ever started from scratch over one.
 - an iteration directory: exactly that checkpoint, or an error naming what is wrong with it.
 
-Every rank reads its files first and the ranks agree (one ``all_gather_object``) before any state
-is changed, so a file that only one rank reads cannot leave the ranks on different checkpoints.
+Before any state changes, every file's size is checked on every rank and its CRC-32 on one rank
+(files striped over the ranks), and the ranks agree (one ``all_gather_object``), so all ranks land
+on the same checkpoint. The checkpoint is then read with megatron-core's ``dist_checkpointing``
+on whatever layout this run has.
 """
 
 from __future__ import annotations
@@ -22,20 +24,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from megatron.checkpoint import files, state
+from megatron.checkpoint.files import TRACKER, CheckpointDamaged, CheckpointError, complete_iterations, iter_dir
 from megatron.runtime import collectives
-from megatron.training.checkpointing import (
-    TRACKER,
-    CheckpointDamaged,
-    CheckpointError,
-    complete_iterations,
-    iter_dir,
-    rank_dir_name,
-    read_metadata,
-    read_torch_file,
-    set_rng_state,
-    unwrap,
-    verify_files,
-)
 
 _ITER_RE = re.compile(r"^iter_(\d+)(\.partial)?$")
 
@@ -59,7 +50,7 @@ def plan_load(load: str) -> LoadPlan:
             raise CheckpointError(f"--load {load} is a save that did not finish (a .partial directory); "
                                   f"load {root} (its newest complete checkpoint) or one of {[iter_dir(root, i) for i in done[-3:]]}")
         if iteration not in done:
-            raise CheckpointError(f"--load {load} is not a complete checkpoint (no metadata.json); complete ones in {root}: "
+            raise CheckpointError(f"--load {load} is not a complete checkpoint (no manifest.json); complete ones in {root}: "
                                   f"{done or 'none'}")
         return LoadPlan(root, [iteration], explicit=True)
 
@@ -94,10 +85,10 @@ def plan_load(load: str) -> LoadPlan:
 # ------------------------------------------------------------------------------ compatibility
 
 
-def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: Dict[str, int], use_dist_opt: bool,
+def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: Dict[str, int],
                      all_flags: Optional[Dict[str, Any]] = None, padded_vocab_size: Optional[int] = None) -> bool:
-    """Refuse a checkpoint whose model flags differ, naming each difference; True when the layout
-    differs and the checkpoint has a layout-independent copy (refused, with the way out, when not)."""
+    """Refuse a checkpoint whose model flags differ, naming each difference; True when it was
+    saved on another layout (it is resharded: TP, PP, virtual PP and DP may all change)."""
     saved = meta.get("model_flags", {})
     all_flags = all_flags or model_flags
     diffs = []
@@ -121,23 +112,26 @@ def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: 
     if diffs:
         raise CheckpointError("checkpoint model flags differ from this run:\n  " + "\n  ".join(diffs))
     saved_layout = meta.get("layout", {})
-    for key, flag in (("tp", "--tensor-model-parallel-size"), ("pp", "--pipeline-model-parallel-size"), ("vpp", "--num-layers-per-virtual-pipeline-stage")):
-        if saved_layout.get(key) != layout.get(key):
-            if meta.get("resharding"):
-                return True
-            raise CheckpointError(
-                f"checkpoint was saved with {flag} {saved_layout.get(key)}, this run uses {layout.get(key)}. "
-                "Resume with the saved layout, or convert it first: "
-                "tools/convert_checkpoint.py merges a checkpoint to TP=1/PP=1 (weights only; add --finetune or --no-load-optim)."
-            )
-    if use_dist_opt and saved_layout.get("dp") != layout.get("dp") and meta.get("distributed_optimizer"):
-        if meta.get("resharding"):
-            return True
-        raise CheckpointError(
-            f"distributed-optimizer state was saved with data-parallel size {saved_layout.get('dp')}, this run has "
-            f"{layout.get('dp')}: resume with the same number of processes, or add --no-load-optim"
-        )
-    return False
+    return any(saved_layout.get(k) != layout.get(k) for k in ("tp", "pp", "dp", "vpp"))
+
+
+def resume_vocab_size(load: str, vocab_size: int, divisible_by: int, tp: int) -> int:
+    """The padded vocabulary a resumed run builds: the checkpoint's when it pads the same real
+    vocabulary and this TP divides it, so the padding rows (part of every softmax) and their
+    optimizer state carry over exactly (GPT-2's 50257 pads to 50304 at TP=1, 50432 at TP=2);
+    otherwise this run's own padding (and a real difference is refused by the load)."""
+    from megatron.training.model_setup import padded_vocab_size
+
+    own = padded_vocab_size(vocab_size, divisible_by, tp)
+    try:
+        plan = plan_load(load)
+        meta = files.read_manifest(plan.root, plan.candidates[0]) if plan.candidates else {}
+    except CheckpointError:
+        return own  # the load itself reports what is wrong
+    saved, saved_tp = meta.get("padded_vocab_size"), (meta.get("layout") or {}).get("tp", 1)
+    if saved is not None and saved == padded_vocab_size(vocab_size, divisible_by, saved_tp) and saved % tp == 0:
+        return saved
+    return own
 
 
 _SCHEDULER_FLAGS = (("max_lr", "--lr"), ("min_lr", "--min-lr"), ("lr_warmup_steps", "--lr-warmup-*"),
@@ -207,7 +201,6 @@ class ResumeOptions:
     load_optim: bool = True
     load_rng: bool = True
     finetune: bool = False
-    distributed_optimizer: bool = False
     override_scheduler: bool = False
     use_checkpoint_scheduler: bool = False
     lr_schedule_unit: str = "iterations"
@@ -218,75 +211,43 @@ class ResumeOptions:
     padded_vocab_size: Optional[int] = None
 
 
-def _read_rank_files(d: str, meta: Dict[str, Any], opts: ResumeOptions, use_dist_opt: bool, reshard: bool) -> Dict[str, Any]:
-    from megatron.core import parallel_state as ps
-
-    verify_files(d, meta)
-    if reshard:
-        # Another layout: weights and optimizer state come from the layout-independent copy; the
-        # counters and the schedule from any rank file (they are global); RNG states do not carry over.
-        state = read_torch_file(os.path.join(d, rank_dir_name(0, 0), "model_optim_rng.pt"))
-        return {"state": state, "distrib": None, "rng": None, "reshard": True,
-                "rng_missing": "saved on another layout" if opts.load_rng and not opts.finetune else None}
-    rank_dir = os.path.join(d, rank_dir_name(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()))
-    out: Dict[str, Any] = {"state": read_torch_file(os.path.join(rank_dir, "model_optim_rng.pt")), "distrib": None, "rng": None}
-    if use_dist_opt and ps.get_data_parallel_rank() == 0:
-        out["distrib"] = read_torch_file(os.path.join(rank_dir, "distrib_optim.pt"))
-    if opts.load_rng and not opts.finetune:
-        rng_path = os.path.join(d, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
-        out["rng"] = read_torch_file(rng_path) if os.path.isfile(rng_path) else None
-        out["rng_missing"] = None if os.path.isfile(rng_path) else f"{rng_path} is missing"
-    return out
+def verify(d: str, meta: Dict[str, Any]) -> None:
+    """Collective: every file's size (all ranks, cheap) and CRC-32 (files striped over the ranks)
+    against the manifest; raises CheckpointDamaged naming the first bad file, the same on all ranks."""
+    listing = sorted((meta.get("files") or {}).items())
+    rank, world = collectives.rank(), torch.distributed.get_world_size()
+    error = None
+    try:
+        for i, (rel, expected) in enumerate(listing):
+            files.check_file(d, rel, expected, content=(i % world == rank))
+    except CheckpointDamaged as e:
+        error = str(e)
+    errors = [e for e in collectives.all_gather_object(error) if e]
+    if errors:
+        raise CheckpointDamaged(errors[0])
 
 
-def _load_distributed_optimizer_state(optimizer, states) -> None:
-    """megatron-core's ``load_parameter_state`` minus its own unguarded torch.load: the file was
-    already read (and its errors named) on DP rank 0; the other ranks pass None."""
-    inner = getattr(optimizer, "chained_optimizers", [optimizer])
-    for idx, opt in enumerate(inner):
-        if not hasattr(opt, "load_parameter_state_from_dp_zero"):
-            continue
-        # megatron-core 0.16.1 copies every per-param state entry from the file, which holds only
-        # param/exp_avg/exp_avg_sq; torch's Adam (used without Apex/TE) also keeps "step" there.
-        # Set it aside (load_state_dict has already restored it) and put it back afterwards, one
-        # tensor per param: load_state_dict leaves one tensor shared by all params, which torch's
-        # Adam would then advance once per param at every step (a wrong bias correction).
-        steps = {p: st.pop("step") for p, st in opt.optimizer.state.items() if "step" in st}
-        try:
-            opt.load_parameter_state_from_dp_zero(states if len(inner) == 1 else (states[idx] if states else None))
-        finally:
-            for p, step in steps.items():
-                opt.optimizer.state[p]["step"] = step.clone() if torch.is_tensor(step) else step
+def _refuse_legacy(d: str) -> None:
+    raise CheckpointError(
+        f"{d} is in the retired per-rank format (mp_rank_*/model_optim_rng.pt): convert it once with "
+        f"tools/convert_checkpoint.py --load {os.path.dirname(d)} --save NEW_DIR (weights only), then --load NEW_DIR "
+        "with --finetune or --no-load-optim")
 
 
-def _apply(files: Dict[str, Any], models, optimizer, scheduler, meta, opts: ResumeOptions, use_dist_opt: bool, path: str) -> None:
-    state = files["state"]
-    if files.get("reshard"):
-        from megatron.training import resharding
-
-        resharding.load(path, models, optimizer, int(meta.get("optimizer_step", 0)),
-                        opts.load_optim and not opts.finetune and optimizer is not None)
-    else:
-        model_states = state["model"] if len(models) > 1 else [state["model"]]
-        for m, sd in zip(models, model_states):
-            unwrap(m).load_state_dict(sd, strict=True)
+def _apply(d: str, models, optimizer, scheduler, meta, opts: ResumeOptions, layout: Dict[str, int]) -> Dict[str, Any]:
+    weights_only = opts.finetune or not opts.load_optim or optimizer is None
+    same_layout = state.saved_rng_layout(meta, layout)
+    load_rng = opts.load_rng and not opts.finetune and same_layout and meta.get("iteration") != 0
+    # A seed checkpoint (iteration 0) holds weights only.
+    common = state.load(d, models, optimizer, load_optim=not weights_only and meta.get("iteration") != 0, load_rng=load_rng)
     if opts.finetune:
-        return
-    if opts.load_optim and optimizer is not None and not files.get("reshard"):
-        if state.get("optimizer") is None:
-            raise CheckpointError(f"{path} holds no optimizer state: add --no-load-optim")
-        optimizer.load_state_dict(state["optimizer"])
-        if use_dist_opt:
-            # fp32 runs: the "main" params are the model's own leaf params, written in place.
-            with torch.no_grad():
-                _load_distributed_optimizer_state(optimizer, files["distrib"])
+        return common
     # The schedule position belongs with the counters: restored with --no-load-optim too. A seed
     # checkpoint (iteration 0) has no position: the loading run's schedule applies unchanged.
-    if scheduler is not None and state.get("scheduler") is not None and meta.get("iteration") != 0:
-        load_scheduler(scheduler, state["scheduler"], opts.override_scheduler, opts.use_checkpoint_scheduler,
+    if scheduler is not None and common.get("scheduler") is not None and meta.get("iteration") != 0:
+        load_scheduler(scheduler, common["scheduler"], opts.override_scheduler, opts.use_checkpoint_scheduler,
                        meta.get("lr_schedule_unit"), opts.lr_schedule_unit)
-    if files.get("rng") is not None:
-        set_rng_state(files["rng"])
+    return common
 
 
 def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, scheduler, model_flags: Dict[str, Any],
@@ -298,40 +259,31 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
         say(note)
     if not plan.candidates:
         return None
-    use_dist_opt = opts.distributed_optimizer and optimizer is not None and opts.load_optim and not opts.finetune
     failures = []
     for iteration in plan.candidates:
         d = iter_dir(plan.root, iteration)
-        files, error = None, None
         try:
-            meta = read_metadata(plan.root, iteration)
-            reshard = check_compatible(meta, model_flags, layout, use_dist_opt, opts.all_flags, opts.padded_vocab_size)
-            # A seed checkpoint (iteration 0) holds weights only: read them the layout-independent way.
-            reshard = reshard or (meta.get("iteration") == 0 and bool(meta.get("resharding")))
-            if not opts.finetune:
-                check_random_ltd(meta.get("random_ltd"), opts.random_ltd, opts.num_layers, opts.random_ltd_allow_change) \
-                    if opts.random_ltd is not None else None
-            files = _read_rank_files(d, meta, opts, use_dist_opt, reshard)
+            meta = files.read_manifest(plan.root, iteration)
+            if meta["format"] == "legacy":
+                _refuse_legacy(d)
+            reshard = check_compatible(meta, model_flags, layout, opts.all_flags, opts.padded_vocab_size)
+            if not opts.finetune and opts.random_ltd is not None:
+                check_random_ltd(meta.get("random_ltd"), opts.random_ltd, opts.num_layers, opts.random_ltd_allow_change)
+            verify(d, meta)
         except CheckpointDamaged as e:
-            error = str(e)
-        gathered = collectives.all_gather_object((error, files.get("rng_missing") if files else None))
-        errors = [e for e, _ in gathered if e]
-        if not errors:
-            _apply(files, models, optimizer, scheduler, meta, opts, use_dist_opt, d)
-            missing = [m for _, m in gathered if m]
-            if missing:
-                say(f"[checkpoint] no RNG state for {len(missing)} rank(s) ({missing[0]}): those ranks continue from "
-                    "--seed, so dropout masks differ from an uninterrupted run")
-            if files.get("reshard"):
-                say(f"[checkpoint] {d} was saved on layout {meta.get('layout')}: resharded to {layout}")
-            out = dict(files["state"].get("trainer") or {})
-            out.update(iteration=iteration, path=d, fell_back=bool(failures))
-            return out
-        failures.append(f"{d}: {errors[0]}")
-        if plan.explicit:
-            raise CheckpointDamaged(f"cannot load {d}: {errors[0]}")
-        older = [i for i in plan.candidates if i < iteration]
-        say(f"[checkpoint] cannot load {d}: {errors[0]}"
-            + (f"; falling back to {iter_dir(plan.root, older[0])}" if older else ""))
+            failures.append(f"{d}: {e}")
+            if plan.explicit:
+                raise CheckpointDamaged(f"cannot load {d}: {e}") from None
+            older = [i for i in plan.candidates if i < iteration]
+            say(f"[checkpoint] cannot load {d}: {e}" + (f"; falling back to {iter_dir(plan.root, older[0])}" if older else ""))
+            continue
+        common = _apply(d, models, optimizer, scheduler, meta, opts, layout)
+        if reshard:
+            say(f"[checkpoint] {d} was saved on layout {meta.get('layout')}: resharded to {layout}"
+                + ("; RNG states do not carry over to another layout (the run continues from --seed)"
+                   if opts.load_rng and not opts.finetune else ""))
+        out = dict(common.get("trainer") or {})
+        out.update(iteration=iteration, path=d, fell_back=bool(failures))
+        return out
     raise CheckpointDamaged(f"no checkpoint under {plan.root} loads:\n  " + "\n  ".join(failures)
                             + "\nRestore the damaged files, or delete these directories to start from scratch")
