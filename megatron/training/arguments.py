@@ -212,8 +212,8 @@ def check_run_size(cfg: PretrainConfig) -> None:
 
 def check_load(cfg: PretrainConfig) -> None:
     """--load: a directory; with --finetune it must hold a checkpoint, and its model type must be this run's."""
-    from megatron.training.checkpoint_load import plan_load
-    from megatron.training.checkpointing import CheckpointError, iter_dir, read_metadata
+    from megatron.checkpoint.files import CheckpointError, iter_dir, read_manifest
+    from megatron.checkpoint.resume import plan_load
 
     ck = cfg.checkpoint
     if ck.load is None:
@@ -224,7 +224,7 @@ def check_load(cfg: PretrainConfig) -> None:
         raise ConfigError(f"--load {ck.load}: no such directory (give a directory written by --save)")
     try:
         plan = plan_load(ck.load)
-        meta = read_metadata(plan.root, plan.candidates[0]) if plan.candidates else None
+        meta = read_manifest(plan.root, plan.candidates[0]) if plan.candidates else None
     except CheckpointError:
         return  # the loader names what is wrong with the directory
     if meta is None:
