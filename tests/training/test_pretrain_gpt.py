@@ -5,40 +5,48 @@ checkpoints are refused with messages that name what is wrong."""
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.training.run_utils import ROOT, TINY_GPT, read_metrics, run_pretrain
+from tests.multirank import run_multirank
+from tests.training.run_utils import TINY_GPT, read_metrics, run_pretrain
 
 LTD = ["--random-ltd", "--random-ltd-min-seq", "8", "--random-ltd-seq-step", "8", "--random-ltd-require-steps", "12"]
 
 
 # Layout comparisons: dropout off, 8 strata (the default under --sequence-parallel, given to every
-# run so all drop the same tokens), k = 8, 8, 8, 16, 16, 16 of 32 over the 6 steps.
+# run so all drop the same tokens), k = 8, 8, 8, 8, 16, 16 of 32 over the 6 steps.
 COMPARE = TINY_GPT + LTD + ["--hidden-dropout", "0", "--attention-dropout", "0", "--random-ltd-strata", "8",
                             "--train-iters", "6", "--eval-iters", "0"]
 
 
+def body_seed_and_reference(ctx, seed, metrics):
+    from megatron.core import parallel_state
+
+    from megatron.training.entry import save_seed_main
+    from tests.training.trainer_utils import run_trainer
+
+    save_seed_main(COMPARE + ["--save", seed])  # what tools/seed_checkpoint.py runs
+    parallel_state.destroy_model_parallel()
+    return run_trainer(COMPARE + ["--load", seed], metrics)["rows"]
+
+
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
-    """tools/seed_checkpoint.py's initial weights, and the one-process run that starts from them."""
+    """A seed checkpoint (initial weights, iteration 0) and the one-process run that starts from it,
+    in a forked process (a subprocess would pay the imports again)."""
     d = tmp_path_factory.mktemp("seeded")
-    seed, metrics = str(d / "seed"), str(d / "one.jsonl")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MEGATRON_LTD_FORCE_CPU="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "seed_checkpoint.py"), "--save", seed, *COMPARE],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    run_pretrain(COMPARE + ["--load", seed, "--metrics-file", metrics])
-    return seed, read_metrics(metrics)
+    seed = str(d / "seed")
+    rows = run_multirank(body_seed_and_reference, world_size=1, kwargs={"seed": seed, "metrics": str(d / "one.jsonl")},
+                         timeout_s=180)[0]
+    return seed, rows
 
 
 def _assert_same_run(rows, ref):
     """Loss for loss (fp32: layouts reorder sums, 1e-5 relative; docs/testing.md), with tokens
     dropped at every step and the same schedule."""
     assert [r["iteration"] for r in rows] == [r["iteration"] for r in ref] == list(range(1, 7))
-    assert [r["kept_length"] for r in ref] == [8, 8, 8, 16, 16, 16]
+    assert [r["kept_length"] for r in ref] == [8, 8, 8, 8, 16, 16]
     for r, e in zip(rows, ref):
         assert r["kept_length"] == e["kept_length"] and r["layer_tokens"] == e["layer_tokens"], (r, e)
         assert r["lr"] == pytest.approx(e["lr"], rel=1e-9), (r, e)
