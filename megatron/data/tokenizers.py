@@ -164,10 +164,14 @@ class Tokenizer:
 
     @property
     def inv_vocab(self) -> Dict[int, str]:
-        """id -> token (cached: megatron-core's BERT dataset looks it up per token)."""
+        """id -> token in id order (cached: megatron-core's BERT dataset looks it up per token).
+
+        The order matters: megatron-core's BERT dataset draws its random replacement tokens as
+        ``list(inv_vocab)[randint(...)]``. Hugging Face's ``get_vocab()`` order differs from one
+        process to the next, which gave every process (each rank, each resumed run) other tokens."""
         cache = getattr(self, "_inv_vocab_cache", None)
         if cache is None:
-            cache = {i: t for t, i in self.vocab.items()}
+            cache = {i: t for t, i in sorted(self.vocab.items(), key=lambda item: item[1])}
             self._inv_vocab_cache = cache
         return cache
 

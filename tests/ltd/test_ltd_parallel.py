@@ -1,5 +1,5 @@
-"""Random-LTD under every parallel layout (CPU, gloo, fp32): index plans agree across ranks with
-no communication, recompute drops the same tokens, sequence parallelism matches TP=1 given the
+"""Random-LTD under every parallel layout (CPU, gloo, fp32): the plan the layers use during training
+is the one-process plan on every TP rank (with and without sequence parallelism), recompute drops the same tokens, sequence parallelism matches TP=1 given the
 same stratified plan, and TP=2 / PP=2 (1F1B, 4 micro-batches) / DP=2 reproduce the
 single-process loss with tokens dropped (k < s)."""
 
@@ -32,25 +32,67 @@ def _model(**cfg):
     return config, wrap_ddp(model, config)
 
 
-def body_plans_on_tp_group(ctx, stratified):
+# A real Trainer run (tiny GPT, seq 16, layers 1 and 2 drop tokens, k = 4 then 8, 4 strata).
+TRAIN = [
+    "--mock-data", "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
+    "--max-position-embeddings", "16", "--micro-batch-size", "2", "--global-batch-size", "4", "--vocab-size", "127",
+    "--make-vocab-size-divisible-by", "32", "--lr", "1e-3", "--train-iters", "2", "--log-interval", "1",
+    "--eval-interval", "1000", "--eval-iters", "0", "--no-progress", "--cpu", "--hidden-dropout", "0.0",
+    "--attention-dropout", "0.0", "--random-ltd", "--random-ltd-min-seq", "4", "--random-ltd-seq-step", "4",
+    "--random-ltd-require-steps", "3", "--random-ltd-strata", "4",
+]
+
+
+def body_plans_used_by_the_layers(ctx, runs, tmp):
+    """For each argument list in ``runs``: train two steps and record the token positions every
+    dropping layer actually gathered (from the TokenRoute it built), as global positions [b, k]
+    in call order."""
+    import os
+
+    import megatron.ltd.layer as layer_mod
     from megatron.core import parallel_state
+    from tests.training.trainer_utils import run_trainer
 
-    from megatron.ltd.sampler import build_index_plan
+    used, shift = [], [0]
 
-    plan = build_index_plan(5, 17, torch.tensor([100, 7]), LAYERS, K if not stratified else 8, SEQ,
-                            device=torch.device("cpu"), strata=2 if stratified else 1).indices
-    gathered = [torch.empty_like(plan) for _ in range(2)]
-    torch.distributed.all_gather(gathered, plan, group=parallel_state.get_tensor_model_parallel_group())
-    return {"same": bool(torch.equal(gathered[0], gathered[1])), "plan": plan}
+    class RecordingRoute(layer_mod.TokenRoute):
+        def __init__(self, idx, batch, kernel="torch"):
+            used.append(idx.clone() + shift[0])  # shard-local under sequence parallelism: made global
+            super().__init__(idx, batch, kernel)
+
+    layer_mod.TokenRoute = RecordingRoute
+    out = []
+    for i, args in enumerate(runs):
+        parallel_state.destroy_model_parallel()  # the Trainer makes this run's groups
+        used.clear()
+        run_trainer(args, os.path.join(tmp, f"plans-{i}-{ctx.rank}.jsonl"))
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        if "--sequence-parallel" in args:  # the positions seen so far were local to this rank's shard
+            used[:] = [u + tp_rank * 16 // parallel_state.get_tensor_model_parallel_world_size() for u in used]
+        out.append({"used": list(used), "tp_rank": tp_rank})
+    return out
 
 
-@pytest.mark.parametrize("stratified", [False, True])
-def test_index_plans_identical_on_tp_ranks_and_after_resume(stratified):
-    first = run_multirank(body_plans_on_tp_group, world_size=2, tp=2, kwargs={"stratified": stratified})
-    assert first[0]["same"] and first[1]["same"]
-    # A "resumed" run is a fresh set of processes: no RNG state carried over, same plan.
-    again = run_multirank(body_plans_on_tp_group, world_size=2, tp=2, kwargs={"stratified": stratified})
-    assert torch.equal(first[0]["plan"], again[0]["plan"])
+def test_layers_use_the_one_process_plan_on_every_tp_rank(tmp_path):
+    """The plan each dropping layer uses, recorded inside the layer during real training steps:
+    identical on both TP ranks (each builds its own, with no communication) and equal to the
+    one-process run's; under sequence parallelism each rank gathers its own shard's part of it."""
+    ref = run_multirank(body_plans_used_by_the_layers, world_size=1, kwargs={"runs": [TRAIN], "tmp": str(tmp_path)})[0][0]
+    tp2 = TRAIN + ["--tensor-model-parallel-size", "2"]
+    out = run_multirank(body_plans_used_by_the_layers, world_size=2, tp=2,
+                        kwargs={"runs": [tp2, tp2 + ["--sequence-parallel"]], "tmp": str(tmp_path)})
+    # 2 steps x 2 micro-batches x 2 dropping layers, k = 4 (step 1) and 8 (step 2) of 16
+    assert [u.shape for u in ref["used"]] == [torch.Size([2, 4])] * 4 + [torch.Size([2, 8])] * 4
+    assert len({tuple(u.flatten().tolist()) for u in ref["used"]}) == 8  # layers and micro-batches differ
+    plain, sp = [o[0] for o in out], [o[1] for o in out]
+    assert all(len(o["used"]) == len(ref["used"]) for o in plain + sp)
+    for i, r in enumerate(ref["used"]):
+        assert torch.equal(plain[0]["used"][i], r) and torch.equal(plain[1]["used"][i], r), (i, plain[0]["used"][i], r)
+        # Sequence parallel: rank 0 gathers the kept tokens among positions 0-7, rank 1 among 8-15.
+        for o in sp:
+            assert ((o["used"][i] >= 8 * o["tp_rank"]) & (o["used"][i] < 8 * (o["tp_rank"] + 1))).all(), (i, o)
+        both = torch.cat([sp[0]["used"][i], sp[1]["used"][i]], dim=1)
+        assert torch.equal(both, r), (i, both, r)
 
 
 def body_recompute(ctx, recompute):

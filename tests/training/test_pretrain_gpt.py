@@ -1,4 +1,5 @@
-"""End-to-end pretraining on CPU: multi-rank runs with random-LTD train, the LayerToken LR
+"""End-to-end pretraining on CPU: the entry script at TP=2 x PP=2 (sequence parallel) and at DP=2
+(distributed optimizer) gives the one-process losses from the same seed checkpoint, the LayerToken LR
 follows its formula, kill-and-resume reproduces the uninterrupted run exactly, and bad flags or
 checkpoints are refused with messages that name what is wrong."""
 
@@ -7,35 +8,64 @@ import os
 
 import pytest
 
+from tests.multirank import run_multirank
 from tests.training.run_utils import TINY_GPT, read_metrics, run_pretrain
 
 LTD = ["--random-ltd", "--random-ltd-min-seq", "8", "--random-ltd-seq-step", "8", "--random-ltd-require-steps", "12"]
 
 
-def _losses(metrics_file):
-    return [r["loss"] for r in read_metrics(metrics_file)]
+# Layout comparisons: dropout off, 8 strata (the default under --sequence-parallel, given to every
+# run so all drop the same tokens), k = 8, 8, 8, 8, 16, 16 of 32 over the 6 steps.
+COMPARE = TINY_GPT + LTD + ["--hidden-dropout", "0", "--attention-dropout", "0", "--random-ltd-strata", "8",
+                            "--train-iters", "6", "--eval-iters", "0"]
 
 
-def _assert_trains(losses, n):
-    assert len(losses) == n
-    assert all(math.isfinite(v) for v in losses)
-    head, tail = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
-    assert tail < head - 0.05, losses
+def body_seed_and_reference(ctx, seed, metrics):
+    from megatron.core import parallel_state
+
+    from megatron.training.entry import save_seed_main
+    from tests.training.trainer_utils import run_trainer
+
+    save_seed_main(COMPARE + ["--save", seed])  # what tools/seed_checkpoint.py runs
+    parallel_state.destroy_model_parallel()
+    return run_trainer(COMPARE + ["--load", seed], metrics)["rows"]
 
 
-def test_tp2_pp2_random_ltd_trains(tmp_path):
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """A seed checkpoint (initial weights, iteration 0) and the one-process run that starts from it,
+    in a forked process (a subprocess would pay the imports again)."""
+    d = tmp_path_factory.mktemp("seeded")
+    seed = str(d / "seed")
+    rows = run_multirank(body_seed_and_reference, world_size=1, kwargs={"seed": seed, "metrics": str(d / "one.jsonl")},
+                         timeout_s=180)[0]
+    return seed, rows
+
+
+def _assert_same_run(rows, ref):
+    """Loss for loss (fp32: layouts reorder sums, 1e-5 relative; docs/testing.md), with tokens
+    dropped at every step and the same schedule."""
+    assert [r["iteration"] for r in rows] == [r["iteration"] for r in ref] == list(range(1, 7))
+    assert [r["kept_length"] for r in ref] == [8, 8, 8, 8, 16, 16]
+    for r, e in zip(rows, ref):
+        assert r["kept_length"] == e["kept_length"] and r["layer_tokens"] == e["layer_tokens"], (r, e)
+        assert r["lr"] == pytest.approx(e["lr"], rel=1e-9), (r, e)
+    assert [r["loss"] for r in rows] == pytest.approx([e["loss"] for e in ref], rel=1e-5), (rows, ref)
+
+
+def test_tp2_pp2_sequence_parallel_entry_gives_the_one_process_losses(tmp_path, seeded):
+    seed, ref = seeded
     metrics = str(tmp_path / "m.jsonl")
-    run_pretrain(TINY_GPT + LTD + ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
-                                   "--sequence-parallel", "--train-iters", "20", "--metrics-file", metrics], nproc=4)
-    _assert_trains(_losses(metrics), 20)
-    kept = [r["kept_length"] for r in read_metrics(metrics)]
-    assert kept[0] == 8 and kept[-1] == 32 and kept == sorted(kept)
+    run_pretrain(COMPARE + ["--load", seed, "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                            "--sequence-parallel", "--metrics-file", metrics], nproc=4)
+    _assert_same_run(read_metrics(metrics), ref)
 
 
-def test_dp2_distributed_optimizer_random_ltd_trains(tmp_path):
+def test_dp2_distributed_optimizer_entry_gives_the_one_process_losses(tmp_path, seeded):
+    seed, ref = seeded
     metrics = str(tmp_path / "m.jsonl")
-    run_pretrain(TINY_GPT + LTD + ["--use-distributed-optimizer", "--train-iters", "20", "--metrics-file", metrics], nproc=2)
-    _assert_trains(_losses(metrics), 20)
+    run_pretrain(COMPARE + ["--load", seed, "--use-distributed-optimizer", "--metrics-file", metrics], nproc=2)
+    _assert_same_run(read_metrics(metrics), ref)
 
 
 def _expected_lr(consumed, warmup, decay, lr, min_lr):
