@@ -26,6 +26,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", required=True, help="prepared by examples/quickstart.py (its data/ folder)")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--run", choices=["random-ltd", "baseline"], default="random-ltd")
+    ap.add_argument("--ltd-seed", type=int, default=None, help="--random-ltd-seed (default: the training seed)")
     a = ap.parse_args(argv)
     sys.path.insert(0, ROOT)
     from examples import quickstart
@@ -33,11 +34,14 @@ def main(argv=None) -> None:
 
     p = dict(quickstart.PRESETS["default"])
     data = prepare_sample_data(a.data_dir, vocab_size=p["vocab"], corpus=CorpusConfig(max_bytes=p["corpus_bytes"]))
-    run_dir = os.path.join(a.out_dir, f"{a.run}_{a.plan}_seed{a.seed}")
+    tag = "" if a.ltd_seed is None else f"_ltdseed{a.ltd_seed}"
+    run_dir = os.path.join(a.out_dir, f"{a.run}_{a.plan}_seed{a.seed}{tag}")
     os.makedirs(run_dir, exist_ok=True)
     args = quickstart.train_args(p, data, run_dir, a.run == "random-ltd", 1.0, a.seed)
     i = args.index("--save")
     del args[i:i + 2]
+    if a.ltd_seed is not None:
+        args += ["--random-ltd-seed", str(a.ltd_seed)]
     entry = [os.path.join(ROOT, "pretrain_gpt.py")] if a.plan == "project" else ["-m", "tests.reference.ideal_plan"]
     with open(os.path.join(run_dir, "command.json"), "w") as f:
         json.dump([sys.executable, *entry, *args], f)
