@@ -44,12 +44,16 @@ def main(out_dir: str) -> None:
                 cells.append("")
         mean = f"{statistics.mean(diffs):+.2f}%" + (f" (n={len(diffs)})" if len(diffs) != len(pairs) else "")
         print(f"| {step} | " + " | ".join(cells) + f" | {mean} |")
+    if not controls:
+        return
+    cols = sorted({s for name, curve in controls for s in curve})
+    print("\ncontrols: the same generator with another plan seed, relative to its default plan seed\n")
+    print("| run | " + " | ".join(f"step {s}" for s in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
     for name, curve in controls:
         base = runs.get(name.split("_ltdseed")[0], {})
-        common = [s for s in sorted(curve) if s in base]
-        print(f"\ncontrol {name} against the project's plan with the default plan seed (relative difference):")
-        print(", ".join(f"step {s}: {(curve[s] - base[s]) / base[s] * 100:+.2f}%" for s in common))
-
+        cells = [f"{(curve[s] - base[s]) / base[s] * 100:+.2f}%" if s in curve and s in base else "" for s in cols]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "runs/plan_study")
