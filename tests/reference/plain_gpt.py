@@ -20,7 +20,7 @@ in-place writes), autograd does the backward.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

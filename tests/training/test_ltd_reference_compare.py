@@ -137,9 +137,6 @@ def reference_run(initial, batches, kept_length, dtype=None) -> List[Dict]:
     """The independent reference on the same batches; the plan from the project's sampler."""
     import torch
 
-    from megatron.ltd.sampler import make_index_plan
-    from tests.reference.plain_gpt import PlainGPT, adamw, train_step, warmup_cosine_lr
-
     dtype = dtype or torch.float32
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: more threads only contend on a shared machine
