@@ -32,8 +32,8 @@ def token_counts_path(prefix: str) -> str:
 
 def token_cost(counts: np.ndarray) -> np.ndarray:
     """``-log p(token)`` from token counts; an unseen token counts as seen once (finite cost)."""
-    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
-    return np.log(counts.sum()) - np.log(counts)
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.log(max(counts.sum(), 1.0)) - np.log(np.maximum(counts, 1.0))
 
 
 def sequence_rarity(tokens: np.ndarray, cost: np.ndarray) -> float:

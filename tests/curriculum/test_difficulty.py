@@ -32,8 +32,8 @@ def test_gpt_sample_values_equal_the_token_weighted_mean_over_each_window():
 def test_rarity_is_the_mean_neg_log_frequency():
     counts = np.array([6, 3, 1, 0])
     cost = token_cost(counts)
-    assert cost[0] == pytest.approx(-np.log(6 / 11)) and cost[3] == pytest.approx(np.log(11))
-    assert sequence_rarity([0, 2], cost) == pytest.approx((np.log(11 / 6) + np.log(11)) / 2)
+    assert cost[0] == pytest.approx(-np.log(6 / 10)) and cost[3] == pytest.approx(np.log(10))  # unseen: as if seen once
+    assert sequence_rarity([0, 2], cost) == pytest.approx((np.log(10 / 6) + np.log(10)) / 2)
     assert sequence_rarity([0, 0], cost) < sequence_rarity([1, 2], cost)  # common tokens are easier
 
 
