@@ -100,10 +100,13 @@ def load_sequence_values(low_level_dataset, metric: str, difficulty_file: Option
     if prefix is None:
         if metric != "vocab_rarity":
             raise ValueError(f"--curriculum-metric {metric} needs real data (a prefix to read values for)")
-        seqs = [np.asarray(low_level_dataset[i]) for i in range(n)]
-        counts = np.bincount(np.concatenate(seqs).astype(np.int64))
+        counts = np.zeros(1, dtype=np.int64)
+        for i in range(n):  # two sweeps, one sequence at a time: mock corpora are large
+            c = np.bincount(np.asarray(low_level_dataset[i], dtype=np.int64))
+            counts = np.pad(counts, (0, max(len(c) - len(counts), 0)))
+            counts[:len(c)] += c
         cost = token_cost(counts)
-        return np.array([sequence_rarity(t, cost) for t in seqs])
+        return np.array([sequence_rarity(low_level_dataset[i], cost) for i in range(n)])
     path = (difficulty_file.replace("{prefix}", prefix) if difficulty_file else difficulty_path(prefix, metric))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--curriculum-metric {metric}: {path} is missing; write it with "

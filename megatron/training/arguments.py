@@ -11,6 +11,7 @@ import argparse
 import os
 from typing import List, Optional, Sequence
 
+from megatron.curriculum.config import add_curriculum_args, curriculum_config_from_args
 from megatron.data.config import add_data_args, data_config_from_args
 from megatron.data.tokenizers import add_tokenizer_args, tokenizer_config_from_args
 from megatron.ltd.config import add_random_ltd_args, random_ltd_config_from_args
@@ -51,6 +52,7 @@ def build_parser(description: str = "Megatron-LTD pretraining", extra_args=None)
     add_data_args(parser)
     add_tokenizer_args(parser)
     add_random_ltd_args(parser)
+    add_curriculum_args(parser)
     if extra_args is not None:
         extra_args(parser)
     return parser
@@ -77,11 +79,12 @@ def parse_pretrain_config(
             args.tokenizer_type, args.vocab_size = "NullTokenizer", args.vocab_size or 1024
         tokenizer = tokenizer_config_from_args(args)
         random_ltd = random_ltd_config_from_args(args)
+        curriculum = curriculum_config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     known = {f for _, cls, _ in _AREAS for f in cls.__dataclass_fields__}
     extra = {k: v for k, v in vars(args).items() if k not in known}
-    cfg = PretrainConfig(data=data, tokenizer=tokenizer, random_ltd=random_ltd, model_type=model_type, extra=extra, **areas)
+    cfg = PretrainConfig(data=data, tokenizer=tokenizer, random_ltd=random_ltd, curriculum=curriculum, model_type=model_type, extra=extra, **areas)
     validate(cfg, world_size if world_size is not None else world_size_from_env(), argv_flags=_given_flags(argv))
     return cfg
 
@@ -147,6 +150,7 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
             raise ConfigError(str(e)) from e
         if ltd.seed is None:
             ltd.seed = t.seed
+    validate_curriculum(cfg, tp, [f for f in argv_flags if f.startswith("--curriculum-")])
     for name in ("train_tokens", "train_layer_tokens", "train_layer_averaged_tokens", "train_samples", "train_iters"):
         value = getattr(t, name)
         if value is not None and value <= 0:
@@ -167,6 +171,41 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
         raise ConfigError("--exit-interval must be >= 1")
     if cfg.model_type == "bert" and p.sequence_parallel:
         raise ConfigError("--sequence-parallel is not supported for BERT (its LM-head norm needs TransformerEngine/apex)")
+
+
+def validate_curriculum(cfg: PretrainConfig, tp: int, given: Sequence[str]) -> None:
+    """The curriculum's own checks, and how it composes with the model, random-LTD and the layout."""
+    cur, m, p = cfg.curriculum, cfg.model, cfg.parallel
+    if not cur.enabled:
+        if given:
+            raise ConfigError(f"{', '.join(sorted(set(given)))} given without --curriculum-metric; add it or drop them")
+        return
+    try:
+        cur.validate(m.seq_length)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.model_type != "gpt":
+        raise ConfigError(f"--curriculum-metric {cur.metric} is implemented for GPT pretraining only")
+    if cur.seed is None:
+        cur.seed = cfg.training.seed
+    if not cur.truncates:
+        return
+    if cur.metric == "seqlen_reshape" and cfg.data.reset_attention_mask:
+        raise ConfigError("--curriculum-metric seqlen_reshape cannot keep per-document masks: drop --reset-attention-mask "
+                          "or use seqlen_truncate")
+    # Every curriculum length must split like the full one: into random-LTD's strata (the kept
+    # length is capped at the curriculum length) and across TP ranks under sequence parallelism.
+    ltd = cfg.random_ltd
+    needs = []
+    if ltd.enabled:
+        needs.append((ltd.resolved_strata(p.sequence_parallel), "the random-LTD strata"))
+    if p.sequence_parallel:
+        needs.append((tp, "--tensor-model-parallel-size under --sequence-parallel"))
+    for value in cur.possible_values(m.seq_length):
+        for n, what in needs:
+            if value % n:
+                raise ConfigError(f"curriculum lengths must be multiples of {what} ({n}): --curriculum-min/-max/"
+                                  f"-step-increment (or -discrete-values) give {value}")
 
 
 def _nearest_existing(path: str) -> str:
