@@ -8,7 +8,7 @@ Sequence length needs no sweep (the ``.idx`` holds it). Each sweep is cut into c
 consecutive sequences; a worker reads its chunk's contiguous token span once from the ``.bin``
 (memory-mapped) and writes its result to ``{prefix}.analyze_parts/`` atomically. A restarted run
 skips the chunks already there, so an interrupted analysis resumes; the final files
-(:func:`megatron.curriculum.difficulty.difficulty_path`) are written atomically and the parts
+(:func:`megatron.curriculum.metrics.difficulty_path`) are written atomically and the parts
 removed. Results do not depend on the number of workers or the chunk size.
 """
 
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .difficulty import difficulty_path, token_cost, token_counts_path
+from .metrics import difficulty_path, token_cost, token_counts_path
 
 __all__ = ["analyze", "ANALYZER_METRICS"]
 

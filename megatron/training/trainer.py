@@ -242,7 +242,7 @@ class Trainer:
         cur = self.cfg.curriculum
         if not cur.samples:
             return None
-        from megatron.curriculum.difficulty import dataset_sample_values, load_sequence_values
+        from megatron.curriculum.metrics import dataset_sample_values, load_sequence_values
         from megatron.curriculum.sampler import easiest_first
 
         values = dataset_sample_values(self.train_ds, lambda low: load_sequence_values(low, cur.metric, cur.difficulty_file))

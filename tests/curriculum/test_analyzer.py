@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from megatron.curriculum.analyzer import analyze
-from megatron.curriculum.difficulty import difficulty_path, token_counts_path
+from megatron.curriculum.metrics import difficulty_path, token_counts_path
 
 
 def _write(prefix, seqs):

@@ -7,7 +7,7 @@ import torch
 
 from megatron.curriculum.batch import apply_seqlen
 from megatron.curriculum.config import CurriculumConfig
-from megatron.curriculum.difficulty import gpt_sample_values, sequence_rarity, token_cost
+from megatron.curriculum.metrics import gpt_sample_values, sequence_rarity, token_cost
 from megatron.curriculum.resume import CurriculumChanged, check_curriculum, curriculum_record
 
 
