@@ -117,11 +117,15 @@ def main(argv=None) -> None:
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "runs", "data_efficiency"))
     ap.add_argument("--preset", choices=sorted(qs.PRESETS), default="default")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="the baseline budget B in layer-averaged tokens (default: the preset's, 614,400)")
     ap.add_argument("--data-dir", default=None, help="corpus, tokenizer and datasets (default: OUT_DIR/data)")
     ap.add_argument("--only", nargs="+", choices=list(RUNS), default=None, help="train only these runs")
     ap.add_argument("--reuse-runs", action="store_true", help="keep runs already finished with the same arguments")
     a = ap.parse_args(argv)
     p = dict(qs.PRESETS[a.preset])
+    if a.tokens:
+        p["tokens"] = a.tokens
 
     from megatron.data.sample_corpus import CorpusConfig, prepare_sample_data
 

@@ -38,13 +38,15 @@ def main(argv=None) -> None:
     from megatron.curriculum.analyzer import _index
 
     n = sum(len(_index(p)[0]) for p in prefixes)
+    tokens = sum(int(_index(p)[0].sum()) for p in prefixes)
     t0 = time.time()
     written = analyze(prefixes, a.metric, a.workers, a.chunk_sequences, a.vocab_size, a.keep_parts)
     dt = time.time() - t0
     for p, files in written.items():
         for metric, path in files.items():
             print(f"[analyze] {metric}: {path}")
-    print(f"[analyze] {n:,} sequences in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} sequences/s, {a.workers} worker(s))")
+    print(f"[analyze] {n:,} sequences ({tokens:,} tokens) in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} sequences/s, "
+          f"{tokens / max(dt, 1e-9) / 1e6:,.1f}M tokens/s, {a.workers} worker(s))")
 
 
 if __name__ == "__main__":
