@@ -1,5 +1,5 @@
 """Loss-compare with curriculum learning and random-LTD both on: TP=2 x DP=2 (with and without
-sequence parallelism) gives the single-process loss at every step, from the same initial weights
+sequence parallelism) and PP=2 x DP=2 give the single-process loss at every step, from the same initial weights
 (tests/training/test_loss_compare.py's method and tolerance), for seqlen_truncate and
 seqlen_reshape. Every step is shortened by the curriculum and drops tokens (k < L < s)."""
 
@@ -25,6 +25,8 @@ LAYOUTS = {
     "TP=2 DP=2": ["--tensor-model-parallel-size", "2"],
     "TP=2 DP=2, sequence parallel, distributed optimizer": ["--tensor-model-parallel-size", "2", "--sequence-parallel",
                                                            "--use-distributed-optimizer"],
+    # the pipeline's activation shapes follow the curriculum's length (and reshape's rows)
+    "PP=2 DP=2, 1F1B": ["--pipeline-model-parallel-size", "2"],
 }
 
 
@@ -50,7 +52,7 @@ def body_layouts(ctx, tmp):
     return out
 
 
-def test_curriculum_and_random_ltd_give_the_single_process_losses_at_tp2_dp2(tmp_path):
+def test_curriculum_and_random_ltd_give_the_single_process_losses_at_tp2_pp2_dp2(tmp_path):
     ref = run_multirank(body_reference, world_size=1, kwargs={"tmp": str(tmp_path)}, timeout_s=180)[0]
     for metric in RUNS:
         assert ref[metric]["seq_length"] == [8, 12, 16]
