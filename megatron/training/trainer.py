@@ -245,7 +245,14 @@ class Trainer:
         from megatron.curriculum.metrics import dataset_sample_values, load_sequence_values
         from megatron.curriculum.sampler import easiest_first
 
+        from megatron.curriculum.sampler import check_pool
+        from megatron.curriculum.schedule import difficulty, pool_size
+
         values = dataset_sample_values(self.train_ds, lambda low: load_sequence_values(low, cur.metric, cur.difficulty_file))
+        s = self.cfg.model.seq_length
+        # Starvation is a start-up error (the smallest pool is step 0's: the pacing never decreases).
+        check_pool(pool_size(difficulty(0, cur, s), len(values), cur.full_difficulty(s)), self.cfg.training.global_batch_size,
+                   len(values))
         return easiest_first(values)
 
     def _curriculum_loader(self, consumed_samples: int):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from megatron.curriculum import CurriculumChanged, difficulty
+from megatron.curriculum import CurriculumChanged, CurriculumStarved, difficulty
 from megatron.training.arguments import ConfigError, parse_pretrain_config
 from tests.training.inprocess import TINY, train, trainer_runtime  # noqa: F401 (fixture)
 from tests.training.run_utils import read_metrics
@@ -102,6 +102,10 @@ def test_vocab_rarity_sampler_starts_easy_and_resumes_exactly(tmp_path, analyzed
     train([a for a in args if not a.startswith("--curriculum") and a not in ("vocab_rarity", "20", "6", "10")]
           + ["--train-iters", "2", "--metrics-file", base])
     assert max(easy) < min(r["loss"] for r in _rows(base))
+    # a limit that admits fewer samples than a global batch stops the build, with the count
+    starving = [a if a != "20" else "1" for a in args]
+    with pytest.raises(CurriculumStarved, match=r"admits \d+ of the \d+ training samples, fewer than one global batch \(4\)"):
+        train(starving + ["--train-iters", "2", "--global-batch-size", "4"])
 
 
 @pytest.mark.parametrize("extra, message", [
