@@ -13,6 +13,8 @@ import argparse
 import os
 from typing import List, Optional, Sequence
 
+from megatron.curriculum.config import FLAG_FIELDS as CURRICULUM_FLAG_FIELDS
+from megatron.curriculum.config import CurriculumConfig, add_curriculum_args, curriculum_config_from_args
 from megatron.data.config import DataConfig, add_data_args, data_config_from_args
 from megatron.data.tokenizers import TokenizerConfig, add_tokenizer_args, tokenizer_config_from_args
 from megatron.ltd.config import RandomLTDConfig, add_random_ltd_args, random_ltd_config_from_args
@@ -57,6 +59,8 @@ def build_parser(description: str = "Megatron-LTD pretraining", extra_args=None)
     attach_ranges(parser, DataConfig)
     attach_ranges(parser, TokenizerConfig)
     attach_ranges(parser, RandomLTDConfig, dest_prefix="random_ltd_")
+    add_curriculum_args(parser)
+    attach_ranges(parser, CurriculumConfig, dest_to_field=CURRICULUM_FLAG_FIELDS)
     if extra_args is not None:
         extra_args(parser)
     return parser
@@ -88,11 +92,12 @@ def parse_pretrain_config(
             if getattr(tokenizer, name, None):
                 setattr(tokenizer, name, os.path.abspath(getattr(tokenizer, name)))
         random_ltd = random_ltd_config_from_args(args)
+        curriculum = curriculum_config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     known = {f for _, cls, _ in _AREAS for f in cls.__dataclass_fields__}
     extra = {k: v for k, v in vars(args).items() if k not in known}
-    cfg = PretrainConfig(data=data, tokenizer=tokenizer, random_ltd=random_ltd, model_type=model_type, extra=extra, **areas)
+    cfg = PretrainConfig(data=data, tokenizer=tokenizer, random_ltd=random_ltd, curriculum=curriculum, model_type=model_type, extra=extra, **areas)
     validate(cfg, world_size if world_size is not None else world_size_from_env(), argv_flags=_given_flags(argv))
     return cfg
 
@@ -169,6 +174,7 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
         if ltd.seed is None:
             ltd.seed = t.seed
     check_run_size(cfg)
+    validate_curriculum(cfg, tp, [f for f in argv_flags if f.startswith("--curriculum-")])
     # Any training length gives the LR decay length in any unit: the trainer computes the exact run
     # (megatron.training.lr_schedule.exact_run), so no unit needs a matching budget.
     ck = cfg.checkpoint
@@ -239,6 +245,41 @@ def check_load(cfg: PretrainConfig) -> None:
             f"--load {iter_dir(plan.root, plan.candidates[0])} holds a {saved_type.upper()} model, but this run builds "
             f"{cfg.model_type.upper()}: load it with pretrain_{saved_type}.py, or give a {cfg.model_type.upper()} "
             "checkpoint")
+
+
+def validate_curriculum(cfg: PretrainConfig, tp: int, given: Sequence[str]) -> None:
+    """The curriculum's own checks, and how it composes with the model, random-LTD and the layout."""
+    cur, m, p = cfg.curriculum, cfg.model, cfg.parallel
+    if not cur.enabled:
+        if given:
+            raise ConfigError(f"{', '.join(sorted(set(given)))} given without --curriculum-metric; add it or drop them")
+        return
+    try:
+        cur.validate(m.seq_length)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.model_type != "gpt":
+        raise ConfigError(f"--curriculum-metric {cur.metric} is implemented for GPT pretraining only")
+    if cur.seed is None:
+        cur.seed = cfg.training.seed
+    if not cur.truncates:
+        return
+    if cur.metric == "seqlen_reshape" and cfg.data.reset_attention_mask:
+        raise ConfigError("--curriculum-metric seqlen_reshape cannot keep per-document masks: drop --reset-attention-mask "
+                          "or use seqlen_truncate")
+    # Every curriculum length must split like the full one: into random-LTD's strata (the kept
+    # length is capped at the curriculum length) and across TP ranks under sequence parallelism.
+    ltd = cfg.random_ltd
+    needs = []
+    if ltd.enabled:
+        needs.append((ltd.resolved_strata(p.sequence_parallel), "the random-LTD strata"))
+    if p.sequence_parallel:
+        needs.append((tp, "--tensor-model-parallel-size under --sequence-parallel"))
+    for value in cur.possible_values(m.seq_length):
+        for n, what in needs:
+            if value % n:
+                raise ConfigError(f"curriculum lengths must be multiples of {what} ({n}): --curriculum-min/-max/"
+                                  f"-step-increment (or -discrete-values) give {value}")
 
 
 def _nearest_existing(path: str) -> str:

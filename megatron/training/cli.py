@@ -95,10 +95,15 @@ def _num(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def attach_ranges(parser: argparse.ArgumentParser, cls: Type, dest_prefix: str = "") -> None:
+def attach_ranges(parser: argparse.ArgumentParser, cls: Type, dest_prefix: str = "",
+                  dest_to_field: Optional[Dict[str, str]] = None) -> None:
     """Give the flags with ``dest == dest_prefix + field name`` the range their field declares
-    (for flags added by hand from a dataclass, e.g. ``--random-ltd-min-seq`` from ``min_seq``)."""
+    (for flags added by hand from a dataclass, e.g. ``--random-ltd-min-seq`` from ``min_seq``);
+    ``dest_to_field`` names the field where a flag's dest is not derived from it."""
     ranges = {dest_prefix + f.name: Range.of(f.metadata) for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for dest, name in (dest_to_field or {}).items():
+        ranges[dest] = Range.of(fields[name].metadata)
     for action in parser._actions:
         if ranges.get(action.dest) is not None:
             action.range = ranges[action.dest]

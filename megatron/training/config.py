@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
+from megatron.curriculum.config import CurriculumConfig
+
 LR_UNITS = ("iterations", "samples", "tokens", "layer-tokens", "layer-averaged-tokens")
 
 
@@ -245,6 +247,7 @@ class PretrainConfig:
     tokenizer: object  # megatron.data.tokenizers.TokenizerConfig
     random_ltd: object  # megatron.ltd.config.RandomLTDConfig
     fault: FaultConfig = field(default_factory=FaultConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)  # off unless --curriculum-metric
     model_type: str = "gpt"
     extra: dict = field(default_factory=dict)
 

@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional, Tuple
 
+from megatron.curriculum.schedule import rows_per_sample, seq_length_at
 from megatron.ltd.schedule import kept_length, layer_averaged_tokens, layer_tokens, raw_tokens
 from megatron.training.config import TrainingConfig
 
@@ -50,16 +51,25 @@ class StepWork:
     layer_tokens: int
     layer_averaged_tokens: int
     kept_length: int
+    seq_length: Optional[int] = None  # tokens per row the model sees (the curriculum's length)
+    rows: Optional[int] = None  # rows in the step (more than samples under seqlen_reshape)
 
     @staticmethod
-    def of(global_batch: int, seq_length: int, kept_length: int, num_layers: int, num_ltd_layers: int) -> "StepWork":
-        args = (global_batch, seq_length, kept_length, num_layers, num_ltd_layers)
+    def of(global_batch: int, seq_length: int, kept_length: int, num_layers: int, num_ltd_layers: int,
+           rows: Optional[int] = None) -> "StepWork":
+        """The work of a step of ``global_batch`` samples seen as ``rows`` rows (default: one per
+        sample) of ``seq_length`` tokens: tokens are counted as the work actually done, so a
+        curriculum-truncated row counts its truncated length."""
+        rows = global_batch if rows is None else rows
+        args = (rows, seq_length, kept_length, num_layers, num_ltd_layers)
         return StepWork(
             samples=global_batch,
-            raw_tokens=raw_tokens(global_batch, seq_length),
+            raw_tokens=raw_tokens(rows, seq_length),
             layer_tokens=layer_tokens(*args),
             layer_averaged_tokens=layer_averaged_tokens(*args),  # Megatron-DeepSpeed's per-step floor
             kept_length=kept_length,
+            seq_length=seq_length,
+            rows=rows,
         )
 
     def amount(self, unit: str) -> int:
@@ -171,17 +181,23 @@ def _stretch_end(work_at: Callable[[int], StepWork], it: int, work: StepWork, co
 
 def step_work_fn(cfg) -> Tuple[Callable[[int], StepWork], int]:
     """``(work_at, constant_from)`` for a :class:`PretrainConfig`: the work of step ``i`` (a pure
-    function of the step: the kept length follows the MSLG schedule) and the step from which it
-    no longer changes (the end of the ramp)."""
+    function of the step: the kept length follows the MSLG schedule, the row length the
+    curriculum's pacing) and the step from which it no longer changes (the end of both ramps).
+    Random-LTD's kept length never exceeds the curriculum's row length."""
     m, t, ltd = cfg.model, cfg.training, cfg.random_ltd
+    cur = getattr(cfg, "curriculum", None)
     n_ltd = len(ltd.resolve_layers(m.num_layers)) if ltd.enabled else 0
     s = m.seq_length
 
     def work_at(step: int) -> StepWork:
-        k = kept_length(step, ltd, s) if n_ltd else s
-        return StepWork.of(t.global_batch_size, s, k, m.num_layers, n_ltd)
+        s_t = seq_length_at(step, cur, s) if cur is not None else s
+        rows = t.global_batch_size * (rows_per_sample(step, cur, s) if cur is not None else 1)
+        k = min(kept_length(step, ltd, s), s_t) if n_ltd else s_t
+        return StepWork.of(t.global_batch_size, s_t, k, m.num_layers, n_ltd, rows=rows)
 
     constant_from = (ltd.require_steps or 0) if n_ltd and ltd.constant_k is None else 0
+    if cur is not None and cur.truncates:
+        constant_from = max(constant_from, cur.constant_from())
     return work_at, constant_from
 
 

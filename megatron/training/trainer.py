@@ -17,7 +17,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from megatron.ltd.schedule import kept_length
+from megatron.curriculum import check_curriculum, curriculum_record
+from megatron.curriculum.batch import apply_seqlen
 from megatron.runtime import collectives
 from megatron import checkpoint
 from megatron.training import preemption
@@ -142,6 +143,7 @@ class Trainer:
         self.train_ds, self.valid_ds, self.test_ds = task.build_datasets(cfg, self.tokenizer, self._num_samples())
         check_token_ids(self.train_ds, self.tokenizer.vocab_size, f"--data-path {cfg.data.data_path}, tokenizer "
                         f"{getattr(cfg.tokenizer, 'tokenizer_type', None)}")
+        self.curriculum_order = self._curriculum_order()
         self.loaded_from: Optional[str] = None
         if cfg.checkpoint.load:
             self._load()
@@ -159,7 +161,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
-        return {"counters": self.counters.state_dict()}
+        return {"counters": self.counters.state_dict(), "curriculum": curriculum_record(self.cfg.curriculum)}
 
     def _metadata(self) -> Dict:
         cfg = self.cfg
@@ -173,6 +175,7 @@ class Trainer:
             "random_ltd": dataclasses.asdict(self._resolved_ltd()),
             "counters": self.counters.state_dict(),
             "lr_schedule_unit": cfg.lr.lr_schedule_unit,
+            "curriculum": curriculum_record(cfg.curriculum),
         }
 
     def _resolved_ltd(self):
@@ -197,6 +200,9 @@ class Trainer:
         self.loaded_from = state["path"]
         if not ck.finetune:
             self.counters.load_state_dict(state["counters"])
+            if state["iteration"] > 0:  # a seed checkpoint (iteration 0) has no data stream yet
+                for diff in check_curriculum(state.get("curriculum"), cfg.curriculum):
+                    _rank0_print(f"[checkpoint] curriculum changed (--curriculum-allow-change): {diff}")
         _rank0_print(f"[checkpoint] loaded {state['path']} (iteration {state['iteration']}"
                      f"{', weights only' if ck.finetune else ''})")
 
@@ -225,28 +231,68 @@ class Trainer:
         from megatron.data.loader import build_data_loader
 
         n = len(self.models)
+        if dataset is self.train_ds and self.curriculum_order is not None:
+            return [iter(self._curriculum_loader(consumed_samples)) for _ in range(n)]
         return [
             iter(build_data_loader(dataset, self.cfg.training.micro_batch_size, consumed_samples, self.dp_rank, self.dp_size,
                                    num_workers=self.cfg.data.num_workers))
             for _ in range(n)
         ]
 
+    def _curriculum_order(self):
+        """Training samples, easiest first, for a sample-selecting curriculum (None otherwise)."""
+        cur = self.cfg.curriculum
+        if not cur.samples:
+            return None
+        from megatron.curriculum.metrics import dataset_sample_values, load_sequence_values
+        from megatron.curriculum.sampler import easiest_first
+
+        from megatron.curriculum.sampler import check_pool
+        from megatron.curriculum.schedule import difficulty, pool_size
+
+        values = dataset_sample_values(self.train_ds, lambda low: load_sequence_values(low, cur.metric, cur.difficulty_file))
+        s = self.cfg.model.seq_length
+        # Starvation is a start-up error (the smallest pool is step 0's: the pacing never decreases).
+        check_pool(pool_size(difficulty(0, cur, s), len(values), cur.full_difficulty(s)), self.cfg.training.global_batch_size,
+                   len(values))
+        return easiest_first(values)
+
+    def _curriculum_loader(self, consumed_samples: int):
+        """The train loader of a sample-selecting curriculum: each global batch drawn under the
+        step's limit (megatron.curriculum.sampler); a pure function of the step, so a resume needs
+        only consumed_samples."""
+        from megatron.curriculum.sampler import CurriculumSampler
+        from megatron.curriculum.schedule import difficulty, pool_size
+        from megatron.data.loader import collate_samples
+
+        cur, t, s = self.cfg.curriculum, self.cfg.training, self.cfg.model.seq_length
+        n, full = len(self.curriculum_order), cur.full_difficulty(s)
+        sampler = CurriculumSampler(self.curriculum_order, lambda step: pool_size(difficulty(step, cur, s), n, full),
+                                    cur.constant_from(), t.global_batch_size, t.micro_batch_size, self.dp_rank, self.dp_size,
+                                    cur.seed, start_step=consumed_samples // t.global_batch_size)
+        return torch.utils.data.DataLoader(self.train_ds, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
+                                           collate_fn=collate_samples, persistent_workers=self.cfg.data.num_workers > 0,
+                                           generator=torch.Generator().manual_seed(consumed_samples))
+
     # ------------------------------------------------------------------ one step
     def kept_length(self, iteration: int) -> int:
-        s = self.cfg.model.seq_length
-        return kept_length(iteration, self.cfg.random_ltd, s) if self.ltd_layers else s
+        """Random-LTD's kept length at ``iteration``, capped at the curriculum's row length."""
+        return self.step_work(iteration).kept_length
 
-    def _forward_step_fn(self, iteration: int, k: Optional[int]):
+    def _forward_step_fn(self, iteration: int, k: Optional[int], seq_length: Optional[int] = None):
         """The function megatron-core's schedule calls per micro-batch. The index plan is made here,
-        from the micro-batch's global sample ids, and handed to the model with the call."""
+        from the micro-batch's global sample ids, and handed to the model with the call. With a
+        sequence-length curriculum the micro-batch is first cut to ``seq_length`` (training only)."""
         from megatron.ltd.sampler import build_index_plan
 
         cfg = self.cfg
-        s = cfg.model.seq_length
+        s = seq_length or cfg.model.seq_length
         strata = cfg.random_ltd.resolved_strata(cfg.parallel.sequence_parallel)  # never the TP size
 
         def step(data_iterator, model):
             batch = {key: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for key, v in next(data_iterator).items()}
+            if seq_length is not None and cfg.curriculum.truncates:
+                batch = apply_seqlen(batch, cfg.curriculum.metric, seq_length)
             plan = None
             if k is not None and self.ltd_layers:
                 plan = build_index_plan(cfg.random_ltd.seed, iteration, batch["sample_id"], self.ltd_layers, k, s,
@@ -255,17 +301,21 @@ class Trainer:
 
         return step
 
-    def _run_schedule(self, data_iterators, forward_step, forward_only: bool, num_microbatches: int):
+    def _run_schedule(self, data_iterators, forward_step, forward_only: bool, num_microbatches: int,
+                      work: Optional[StepWork] = None):
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         t, m = self.cfg.training, self.cfg.model
+        # The pipeline's activation shapes follow the step's rows (curriculum length and rows per sample).
+        seq_length = work.seq_length if work is not None else m.seq_length
+        rows_per_sample = work.rows // work.samples if work is not None else 1
         return get_forward_backward_func()(
             forward_step_func=forward_step,
             data_iterator=data_iterators if len(self.models) > 1 else data_iterators[0],
             model=self.models,
             num_microbatches=num_microbatches,
-            seq_length=m.seq_length,
-            micro_batch_size=t.micro_batch_size,
+            seq_length=seq_length,
+            micro_batch_size=t.micro_batch_size * rows_per_sample,
             forward_only=forward_only,
         )
 
@@ -304,7 +354,8 @@ class Trainer:
         for model in self.models:
             model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        losses = self._run_schedule(data_iterators, self._forward_step_fn(it, k), False, self.num_microbatches)
+        losses = self._run_schedule(data_iterators, self._forward_step_fn(it, k, work.seq_length), False, self.num_microbatches,
+                                    work)
         loss = self._reduce_loss(losses)
         terms = self._reduce_all_keys(losses) if len(losses) and len(losses[0]) > 1 else {}
         self.guard.check_loss(loss, it + 1, self._kept_checkpoint())
@@ -315,13 +366,14 @@ class Trainer:
         add_step(self.counters, work)  # the counters count computed work, applied or not (docs/random_ltd.md)
         lr = self.optimizer.param_groups[0]["lr"]
         return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "kept_length": k, "skipped": 0.0 if ok else 1.0, "step_flops": self._step_flops(k),
+                "kept_length": k, "skipped": 0.0 if ok else 1.0, "step_flops": self._step_flops(work),
+                "raw_tokens": work.raw_tokens, "seq_length": work.seq_length,
                 "loss_scale": float(self.optimizer.get_loss_scale()) if self.cfg.precision.fp16 else None,
                 "terms": terms}
 
-    def _step_flops(self, k: int) -> float:
+    def _step_flops(self, work: StepWork) -> float:
         m, tc = self.cfg.model, self.tconfig
-        return step_model_flops(self.cfg.training.global_batch_size, m.seq_length, k, m.num_layers, self.num_ltd_layers,
+        return step_model_flops(work.rows, work.seq_length, work.kept_length, m.num_layers, self.num_ltd_layers,
                                 m.hidden_size, tc.ffn_hidden_size, tc.kv_channels, tc.num_attention_heads,
                                 tc.num_query_groups or tc.num_attention_heads, m.swiglu, self.vocab_size)
 
@@ -373,7 +425,7 @@ class Trainer:
                 self.saver.poll()  # commit an asynchronous save whose write has finished
             log_iters += 1
             log_skipped += int(last["skipped"])
-            log_tokens += self.full_step.raw_tokens
+            log_tokens += last["raw_tokens"]
             log_flops += last["step_flops"]
             self.logger.advance()
             if it % cfg.logging.log_interval == 0:
@@ -381,6 +433,7 @@ class Trainer:
                 world = torch.distributed.get_world_size()
                 values = {
                     "loss": last["loss"], "lr": last["lr"], "grad_norm": last["grad_norm"], "kept_length": last["kept_length"],
+                    "seq_length": last["seq_length"],
                     "tokens_per_s": log_tokens / elapsed, "tflops_per_device": log_flops / elapsed / world / 1e12,
                     "s_per_iter": elapsed / log_iters, "skipped_steps": log_skipped,
                 }
@@ -443,7 +496,7 @@ class Trainer:
     def _log_line(self, it: int, v: Dict[str, float], s_per_iter: float) -> None:
         c = self.counters
         self.logger.print(
-            f"iteration {it:>7} | loss {v['loss']:.4f} | lr {v['lr']:.3e} | kept {int(v['kept_length'])}/{self.cfg.model.seq_length} | "
+            f"iteration {it:>7} | loss {v['loss']:.4f} | lr {v['lr']:.3e} | kept {int(v['kept_length'])}/{int(v['seq_length'])} | "
             f"grad norm {v['grad_norm']:.3f} | tokens {c.raw_tokens:,} | layer-tokens {c.layer_tokens:,} | "
             f"{v['tokens_per_s']:,.0f} tok/s | {v['tflops_per_device']:.3f} TFLOP/s/dev | {s_per_iter * 1000:.0f} ms/it | "
             f"{memory_summary(self.device)}"
@@ -463,10 +516,21 @@ class Trainer:
             f"[setup] {cfg.model_type.upper()} {cfg.model.num_layers} layers x {cfg.model.hidden_size} hidden | "
             f"{n_params:,} params on this rank | device {self.device_info.name} ({self.device_info.backend}) | "
             f"TP {self.layout['tp']} PP {self.layout['pp']} DP {self.layout['dp']} | global batch {cfg.training.global_batch_size} "
-            f"= {self.num_microbatches} micro-batches x {cfg.training.micro_batch_size} x DP | {ltd} | "
+            f"= {self.num_microbatches} micro-batches x {cfg.training.micro_batch_size} x DP | {ltd} | {self._curriculum_summary()} | "
             f"LR unit {cfg.lr.lr_schedule_unit} (warmup {self.scheduler.lr_warmup_steps:,}, decay {self.scheduler.lr_decay_steps:,}, "
             f"lr {self.scheduler.max_lr:g} -> {self.scheduler.min_lr:g}{self._schedule_source()})"
         )
+
+    def _curriculum_summary(self) -> str:
+        cur, s = self.cfg.curriculum, self.cfg.model.seq_length
+        if not cur.enabled:
+            return "curriculum off"
+        from megatron.curriculum.schedule import difficulty
+
+        unit = "tokens" if cur.truncates else "% easiest samples"
+        shape = (f"root degree {cur.root_degree}, " if cur.schedule == "fixed_root" else "")
+        return (f"curriculum {cur.metric} {cur.schedule} ({shape}{difficulty(0, cur, s)} -> {cur.resolved_max(s)} {unit} "
+                f"by {cur.step_increment} until step {cur.constant_from()}, seed {cur.seed})")
 
     def _schedule_source(self) -> str:
         ck = self.cfg.checkpoint
