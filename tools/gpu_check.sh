@@ -53,9 +53,10 @@ if [ "$DRY" = 1 ]; then
                   --micro-batch-size 2 --global-batch-size 4 --random-ltd-min-seq 16 --random-ltd-require-steps 10 --cpu)
     KERNEL_FUSED=auto  # resolves to torch on CPU; the kernels themselves are tested under the interpreter
 else
-    # Sum of the timeouts: 30 + 100 + 2 x 80 + 40 + 130 + 120 s = 9.7 minutes at most.
-    T_TESTS=${GPU_CHECK_T_TESTS:-100} T_BENCH=${GPU_CHECK_T_BENCH:-80} T_RECIPE=${GPU_CHECK_T_RECIPE:-130}
-    T_CKPT=${GPU_CHECK_T_CKPT:-120}
+    # Sum of the timeouts: 30 + 90 + 2 x 65 + 32 + 90 + 100 s = 7.9 minutes at most (within one
+    # 10-minute device call, with room for the wheel install).
+    T_TESTS=${GPU_CHECK_T_TESTS:-90} T_BENCH=${GPU_CHECK_T_BENCH:-65} T_RECIPE=${GPU_CHECK_T_RECIPE:-90}
+    T_CKPT=${GPU_CHECK_T_CKPT:-100}
     # ~200M parameters: each checkpoint ~2.9 GB (bf16 weights, fp32 main copies and Adam moments).
     CKPT_SHAPE=(--num-layers 12 --hidden-size 1024 --num-attention-heads 16 --seq-length 1024 --micro-batch-size 4
                 --global-batch-size 8 --vocab-size 50257 --lr 3e-4 --min-lr 3e-5 --random-ltd-min-seq 256
