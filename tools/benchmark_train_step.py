@@ -164,16 +164,16 @@ def main(argv=None) -> dict:
     times = {name: [x[0] for x in v] for name, v in samples.items()}
     cpu_times = {name: [x[1] for x in v] for name, v in samples.items()}
 
-    s = a.seq_length
     rows = []
     base_ms = statistics.median(times["baseline"]) * 1000.0
     base_cpu = statistics.median(cpu_times["baseline"]) * 1000.0
-    base_flops = trainers["baseline"]._step_flops(s)
+    base = trainers["baseline"]
+    base_flops = base._step_flops(base.step_work(base.counters.iteration))
     for name, keep in variants:
         tr = trainers[name]
         k = tr.kept_length(tr.counters.iteration)
         ms = statistics.median(times[name]) * 1000.0
-        flops = tr._step_flops(k)
+        flops = tr._step_flops(tr.step_work(tr.counters.iteration))
         ideal = base_flops / flops
         rows.append({"run": "baseline" if keep is None else "random-LTD", "keep": 1.0 if keep is None else keep, "k": k,
                      "ms": ms, "ms_min": min(times[name]) * 1000.0, "ms_max": max(times[name]) * 1000.0,
@@ -187,7 +187,7 @@ def main(argv=None) -> dict:
     dev = trainers["baseline"].device_info.name
     n_ltd = trainers[variants[-1][0]].num_ltd_layers
     print(f"device: {dev} | {'bf16' if a.bf16 else 'fp32'} | torch threads {torch.get_num_threads()} | {a.num_layers} layers, "
-          f"hidden {a.hidden_size}, seq {s}, global batch {a.global_batch_size} (micro {a.micro_batch_size}), vocab {a.vocab_size}, "
+          f"hidden {a.hidden_size}, seq {a.seq_length}, global batch {a.global_batch_size} (micro {a.micro_batch_size}), vocab {a.vocab_size}, "
           f"random-LTD on {n_ltd} layers | trainer train_step, median of {a.blocks} blocks x {a.iters_per_block} "
           f"(alternating) | extra flags: {' '.join(a.extra) or 'none'}")
     print(f"{'run':<12}{'keep':>6}{'k':>6}{'ms/step':>10}{'min':>8}{'max':>8}{'speedup':>9}{'ideal':>7}{'effic.':>8}"

@@ -180,9 +180,9 @@ def test_unclear_inputs_name_their_cause(tmp_path, monkeypatch):
     empty.mkdir()
     ck = str(tmp_path / "ck")
     train(BASE + ["--save", ck])
-    bert_ck = str(tmp_path / "bert_ck")  # the same checkpoint, marked as a BERT model
+    bert_ck = str(tmp_path / "bert_ck")  # the same checkpoint, marked as a BERT model in its manifest
     shutil.copytree(ck, bert_ck)
-    meta_path = os.path.join(bert_ck, "iter_0000002", "metadata.json")
+    meta_path = os.path.join(bert_ck, "iter_0000002", "manifest.json")
     meta = json.load(open(meta_path))
     json.dump(dict(meta, model_type="bert"), open(meta_path, "w"))
 
