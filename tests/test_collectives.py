@@ -79,9 +79,7 @@ def _cuda_only_group_body(ctx):
     t = torch.full((3,), float(ctx.rank + 1))
     collectives.all_reduce(t)
     out["sum"] = t.tolist()
-    out["gather"] = [p.tolist() for p in collectives.all_gather(torch.tensor([ctx.rank]))]
     out["objects"] = collectives.all_gather_object({"rank": ctx.rank})
-    out["max"] = collectives.reduce_max_flag(ctx.rank * 3)
     return out
 
 
@@ -93,9 +91,7 @@ def test_host_tensor_on_a_cuda_only_group_is_refused_clearly():
         if not torch.cuda.is_available():
             assert "cuda:gloo" in r["layer"] and "tensor on cpu" in r["layer"]
         assert r["sum"] == [3.0, 3.0, 3.0]
-        assert r["gather"] == [[0], [1]]
         assert r["objects"] == [{"rank": 0}, {"rank": 1}]
-        assert r["max"] == 3
 
 
 def _project_call_sites_body(ctx):
@@ -120,7 +116,6 @@ def _project_call_sites_body(ctx):
     losses = [{"lm loss": torch.tensor(2.0)}]
     attempt("Trainer._reduce_loss", lambda: Trainer._reduce_loss(fake, losses))
     attempt("Trainer._reduce_all_keys", lambda: Trainer._reduce_all_keys(fake, losses))
-    attempt("collectives.reduce_max_flag", lambda: collectives.reduce_max_flag(1))
     return refused
 
 
@@ -152,7 +147,6 @@ def _nccl_body(ctx):
     out["loss"] = Trainer._reduce_loss(fake, [{"lm loss": torch.tensor(2.5)}])
     stops = preemption.StopRequests(signal_handler=False, duration_mins=60.0, device=torch.device("cpu"))
     out["stop"] = stops.agreed_stop()
-    out["gather"] = [p.device.type for p in collectives.all_gather(torch.tensor([1.0]))]
     return out
 
 
@@ -162,4 +156,4 @@ def test_host_tensors_through_the_layer_on_real_nccl():
     assert r["backend"] == "nccl" and "cpu" not in r["types"], r
     assert r["direct"] != "ok", "NCCL took a host tensor: this test no longer shows the hazard"
     assert r["host_sum"] == ("cpu", [3.0, 3.0])
-    assert r["loss"] == 2.5 and r["stop"] is None and r["gather"] == ["cpu"]
+    assert r["loss"] == 2.5 and r["stop"] is None

@@ -12,7 +12,7 @@ anywhere else.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 import torch.distributed as dist
@@ -80,14 +80,6 @@ def all_reduce(tensor: torch.Tensor, op=ReduceOp.SUM, group=None) -> torch.Tenso
     return tensor
 
 
-def all_gather(tensor: torch.Tensor, group=None) -> List[torch.Tensor]:
-    """Every rank's ``tensor`` (same shape on all ranks), on ``tensor``'s device, in group-rank order."""
-    work = _staged(tensor.contiguous(), group)
-    parts = [torch.empty_like(work) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, work, group=group)
-    return [p.to(tensor.device) for p in parts]
-
-
 def _check_object_group(group) -> None:
     # Object collectives pickle into a tensor on the group's device: host for gloo, the current
     # CUDA device for NCCL (torch picks it). A CUDA-only group without CUDA cannot work.
@@ -105,14 +97,6 @@ def all_gather_object(obj: Any, group=None) -> List[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0, group=None) -> Any:
-    """``obj`` from global rank ``src`` on every rank of ``group``."""
-    _check_object_group(group)
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
-    return box[0]
-
-
 def barrier(group=None) -> None:
     dist.barrier(group=group)
 
@@ -123,15 +107,3 @@ def is_distributed() -> bool:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
-
-
-def world_size(group=None) -> int:
-    return dist.get_world_size(group) if is_distributed() else 1
-
-
-def reduce_max_flag(value: int, device: Optional[torch.device] = None, group=None) -> int:
-    """The largest of every rank's small integer (an agreed decision); ``value`` alone without a group."""
-    if not is_distributed():
-        return int(value)
-    flag = torch.tensor([int(value)], dtype=torch.int64, device=device or torch.device("cpu"))
-    return int(all_reduce(flag, op=ReduceOp.MAX, group=group).item())

@@ -120,7 +120,6 @@ class Trainer:
         )
         self.optimizer = get_megatron_optimizer(opt_cfg, self.models)
         use_fused_adam(self.optimizer)  # torch's fused AdamW where megatron-core fell back to the loop
-        self.full_step = StepWork.of(t.global_batch_size, m.seq_length, m.seq_length, m.num_layers, self.num_ltd_layers)
         # The exact run (the kept length is a pure function of the step): its last iteration and its
         # work in every unit, so the default decay ends at --min-lr on the run's last step.
         self.step_work, _ = step_work_fn(cfg)
@@ -245,9 +244,7 @@ class Trainer:
         if not cur.samples:
             return None
         from megatron.curriculum.metrics import dataset_sample_values, load_sequence_values
-        from megatron.curriculum.sampler import easiest_first
-
-        from megatron.curriculum.sampler import check_pool
+        from megatron.curriculum.sampler import check_pool, easiest_first
         from megatron.curriculum.schedule import difficulty, pool_size
 
         values = dataset_sample_values(self.train_ds, lambda low: load_sequence_values(low, cur.metric, cur.difficulty_file))
