@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         row["naive_layer_ms"] = _timer(device, naive, args.warmup, args.repeats)
 
         def route(kernel):
-            r = TokenRoute(idx, b, kernel)
+            r = TokenRoute.from_positions(idx, b, kernel)
             return torch.autograd.grad(r.scatter(x, r.gather(x)), x, grad)
 
         row["route_layer_ms"] = _timer(device, lambda: route("torch"), args.warmup, args.repeats)

@@ -11,7 +11,7 @@ Pure building blocks, no training-loop knowledge:
 from .config import RandomLTDConfig, add_random_ltd_args, parse_layer_list, random_ltd_config_from_args
 from .ops import gather_mask, gather_rotary, gather_tokens, scatter_tokens
 from .sampler import (IndexPlan, build_index_plan, check_plan_fits, local_shard_plan, make_index_plan, plan_needed,
-                      plan_strata)
+                      route_rows, route_strata)
 from .schedule import kept_length, layer_averaged_tokens, layer_tokens, raw_tokens
 
 __all__ = [
@@ -29,7 +29,8 @@ __all__ = [
     "local_shard_plan",
     "plan_needed",
     "check_plan_fits",
-    "plan_strata",
+    "route_rows",
+    "route_strata",
     "gather_tokens",
     "scatter_tokens",
     "gather_mask",

@@ -4,8 +4,10 @@
 a parameter or buffer, so its state-dict keys are exactly the stock layer's (a random-LTD
 checkpoint loads into a baseline model and back). A dropping layer
 
-1. picks its row of the micro-batch's index plan (``LongTensor[n_ltd_layers, b, strata, k/strata]``;
-   under sequence parallelism it refuses a plan whose strata do not split over the TP ranks),
+1. picks its row of the micro-batch's index plan, which travels as the kept tokens' row numbers in
+   the flattened ``[s*b, h]`` states (``LongTensor[n_ltd_layers, strata, k/strata, b]``, made for
+   every layer at once by ``IndexPlan.route_tensor``; under sequence parallelism it refuses a plan
+   whose strata do not split over the TP ranks),
 2. gathers the kept tokens of the hidden states (and of the attention mask / rotary angles),
 3. runs the stock layer on those ``k`` tokens (kept tokens attend only to kept tokens; their
    order is preserved, so a causal mask stays causal among them),
@@ -30,8 +32,8 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from megatron.ltd.ops import TokenRoute, gather_mask, gather_rotary, resolve_kernel
-from megatron.ltd.sampler import IndexPlan, check_plan_fits, local_shard_plan, plan_strata
+from megatron.ltd.ops import TokenRoute, gather_mask, gather_rotary_rows, resolve_kernel
+from megatron.ltd.sampler import IndexPlan, check_plan_fits, local_route_rows, route_positions
 
 
 class RandomLTDTransformerLayer(TransformerLayer):
@@ -50,6 +52,14 @@ class RandomLTDTransformerLayer(TransformerLayer):
         self.ltd_row: Optional[int] = self.ltd_layer_numbers.index(own) if own in self.ltd_layer_numbers else None
         if self.config.context_parallel_size != 1:
             raise ValueError("random-LTD does not support context parallelism (--context-parallel-size 1)")
+        self._resolved_kernel: Optional[Tuple[torch.device, str]] = None
+
+    def _kernel_for(self, hidden: torch.Tensor) -> str:
+        """``ltd_kernel`` resolved for the input's device, once (not on every forward)."""
+        device = hidden.device
+        if self._resolved_kernel is None or self._resolved_kernel[0] != device:
+            self._resolved_kernel = (device, resolve_kernel(self.ltd_kernel, device))
+        return self._resolved_kernel[1]
 
     def forward(
         self,
@@ -76,26 +86,28 @@ class RandomLTDTransformerLayer(TransformerLayer):
                 rotary_pos_emb=rotary_pos_emb,
                 **kwargs,
             )
-        strata = plan_strata(plan)
-        if plan.shape[0] != len(self.ltd_layer_numbers):
+        shape = plan.shape  # [rows, strata, k/strata, b]: flat row numbers (IndexPlan.route_tensor)
+        if len(shape) != 4 or shape[0] != len(self.ltd_layer_numbers):
             raise ValueError(
-                f"index plan of shape {tuple(plan.shape)} does not match the {len(self.ltd_layer_numbers)} "
-                f"random-LTD layers {list(self.ltd_layer_numbers)}"
+                f"random-LTD route of shape {tuple(shape)} does not match the {len(self.ltd_layer_numbers)} "
+                f"random-LTD layers {list(self.ltd_layer_numbers)} (expected IndexPlan.route_tensor())"
             )
+        _, strata, per_stratum, batch = shape
         check_plan_fits(strata, tp)  # a plain or differently stratified plan would gather across shards
-        idx = plan[self.ltd_row].reshape(plan.shape[1], -1)  # [b, k] global positions, sorted
-        if idx.shape[-1] > seq_length:
-            raise ValueError(f"index plan keeps {idx.shape[-1]} tokens of a {seq_length}-token sequence")
-        local_idx = local_shard_plan(idx, parallel_state.get_tensor_model_parallel_rank(), tp, seq_length) if tp > 1 else idx
-        route = TokenRoute(local_idx, hidden_states.shape[1], resolve_kernel(self.ltd_kernel, hidden_states.device))
+        if strata * per_stratum > seq_length:
+            raise ValueError(f"index plan keeps {strata * per_stratum} tokens of a {seq_length}-token sequence")
+        rows = plan[self.ltd_row]  # [strata, k/strata, b], global rows, position-major
+        global_rows = rows.reshape(-1)
+        local_rows = local_route_rows(rows, parallel_state.get_tensor_model_parallel_rank(), tp, seq_length) if tp > 1 else global_rows
+        route = TokenRoute(local_rows, self._kernel_for(hidden_states), kept_tokens=strata * per_stratum // tp)
         kept = route.gather(hidden_states)
-        kept_mask = gather_mask(attention_mask, idx) if attention_mask is not None else None
+        kept_mask = gather_mask(attention_mask, route_positions(rows)) if attention_mask is not None else None
         kept_rope = None
         if rotary_pos_emb is not None:
             if isinstance(rotary_pos_emb, tuple):
-                kept_rope = tuple(gather_rotary(r, idx) for r in rotary_pos_emb)
+                kept_rope = tuple(gather_rotary_rows(r, global_rows, batch) for r in rotary_pos_emb)
             else:
-                kept_rope = gather_rotary(rotary_pos_emb, idx)
+                kept_rope = gather_rotary_rows(rotary_pos_emb, global_rows, batch)
         out, context = super().forward(
             hidden_states=kept,
             attention_mask=kept_mask,
@@ -108,12 +120,13 @@ class RandomLTDTransformerLayer(TransformerLayer):
 
 
 def plan_tensor(plan) -> Optional[torch.Tensor]:
-    """The tensor that travels with the forward: ``IndexPlan.tensor()`` (``[rows, b, strata,
-    k/strata]``, so the layer knows how it was stratified), a raw tensor, or None."""
+    """The tensor that travels with the forward: ``IndexPlan.route_tensor()`` (the kept tokens'
+    flat row numbers, ``[rows, strata, k/strata, b]``, so the layer knows how it was stratified),
+    a tensor already in that form, or None."""
     if plan is None:
         return None
     if isinstance(plan, IndexPlan):
-        return plan.tensor()
+        return plan.route_tensor()
     return plan
 
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["gather_tokens", "scatter_tokens", "gather_mask", "gather_rotary", "flat_rows", "TokenRoute",
-           "KERNELS", "resolve_kernel"]
+__all__ = ["gather_tokens", "scatter_tokens", "gather_mask", "gather_rotary", "gather_rotary_rows", "flat_rows",
+           "TokenRoute", "KERNELS", "resolve_kernel"]
 
 KERNELS = ("auto", "torch", "triton")
 
@@ -159,6 +159,19 @@ def gather_rotary(freqs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return freqs.reshape(s * b, d).index_select(0, flat_rows(idx, b)).view(k, b, 1, d)
 
 
+def gather_rotary_rows(freqs: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """:func:`gather_rotary` from the route's flat rows (``[k*b]``, global, position-major): the
+    per-sample ``[k, b, 1, d]`` angles in one ``index_select`` (plus one division for the shared
+    ``[s, 1, 1, d]`` table)."""
+    s, fb, _, d = freqs.shape
+    k = rows.shape[0] // batch
+    if fb == 1:
+        return freqs.reshape(s, d).index_select(0, rows.div(batch, rounding_mode="floor")).view(k, batch, 1, d)
+    if fb != batch:
+        raise ValueError(f"freqs batch dim {fb} does not match the route's batch {batch}")
+    return freqs.reshape(s * batch, d).index_select(0, rows).view(k, batch, 1, d)
+
+
 # ---------------------------------------------------------------------- the layer's gather/scatter pair
 def resolve_kernel(kernel: str, device: torch.device) -> str:
     """``auto`` -> ``triton`` on a CUDA device when Triton imports, else ``torch``."""
@@ -181,17 +194,36 @@ class TokenRoute:
     """The kept tokens of one dropping layer in one forward: :meth:`gather` them from the layer's
     input, run the layer on them, :meth:`scatter` its output back over that same input.
 
-    Made fresh for every forward (a recomputed forward makes its own), and holds, between the
-    scatter's backward and the gather's backward, only a reference to the output gradient that
-    autograd would otherwise have kept as a full-size copy.
+    ``rows`` are the kept tokens' row numbers in the flattened ``[s*b, h]`` input, position-major
+    (:func:`flat_rows`; the plan travels in this form, :meth:`IndexPlan.route_tensor`, so the
+    layer does no index arithmetic). Made fresh for every forward (a recomputed forward makes its
+    own), and holds, between the scatter's backward and the gather's backward, only a reference
+    to the output gradient that autograd would otherwise have kept as a full-size copy.
+
+    Host cost is part of the design: each direction is one operator (gather: ``index_select``;
+    scatter: one out-of-place ``index_copy``; their backwards the same two), so a dropping layer
+    dispatches four more operators than a plain one and computes nothing else per call.
     """
 
-    def __init__(self, idx: torch.Tensor, batch: int, kernel: str = "torch") -> None:
-        self.rows = flat_rows(idx, batch)
+    __slots__ = ("rows", "kernel", "kept_tokens", "_slots", "grad_out", "full_shape", "_full")
+
+    def __init__(self, rows: torch.Tensor, kernel: str = "torch", kept_tokens: int | None = None) -> None:
+        self.rows = rows
         self.kernel = kernel
+        self.kept_tokens = kept_tokens  # k (per sample), when the caller knows it: saves asking ``rows``
         self._slots: torch.Tensor | None = None
         self.grad_out: torch.Tensor | None = None
         self.full_shape: tuple | None = None
+        self._full: torch.Tensor | None = None
+
+    @classmethod
+    def from_positions(cls, idx: torch.Tensor, batch: int, kernel: str = "torch") -> "TokenRoute":
+        """A route from ``[b, k]`` positions (tests, tools); the layer gets rows from the plan."""
+        return cls(flat_rows(idx, batch), kernel)
+
+    def positions(self, batch: int) -> torch.Tensor:
+        """``[b, k]`` positions of the kept tokens (in the layout the route gathers from)."""
+        return self.rows.view(-1, batch).div(batch, rounding_mode="floor").t()
 
     def slots(self, n_rows: int) -> torch.Tensor:
         """``[s*b]`` int64: the kept slot of each row of the full layout, -1 where dropped."""
@@ -205,9 +237,11 @@ class TokenRoute:
         return _RouteGather.apply(hidden, self)
 
     def scatter(self, hidden: torch.Tensor, kept_out: torch.Tensor) -> torch.Tensor:
-        # ``hidden`` enters without its autograd edge: its gradient (dropped rows) reaches it
-        # through the gather's backward, in the same write as the kept rows'.
-        return _RouteScatter.apply(hidden.detach(), kept_out, self)
+        # ``hidden`` is handed over outside the autograd inputs (so no edge, and no detach to
+        # dispatch): its gradient (dropped rows) reaches it through the gather's backward, in
+        # the same write as the kept rows'. The route drops it once the forward has used it.
+        self._full = hidden
+        return _RouteScatter.apply(kept_out, self)
 
     # -- the two primitives, per kernel
     def _select(self, flat: torch.Tensor) -> torch.Tensor:
@@ -224,18 +258,17 @@ class TokenRoute:
 
             return merge_rows(base, kept, self.slots(n_rows))
         if base is None:
-            out = kept.new_zeros(n_rows, kept.shape[-1])
-        else:
-            out = base.clone(memory_format=torch.contiguous_format)
-        return out.index_copy_(0, self.rows, kept.to(out.dtype))
+            return kept.new_zeros(n_rows, kept.shape[-1]).index_copy_(0, self.rows, kept)
+        return base.index_copy(0, self.rows, kept)  # one pass: the copy of base and the kept rows
 
 
 class _RouteGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, route: TokenRoute) -> torch.Tensor:
-        _check_hidden(hidden, "hidden")
-        s, b, h = hidden.shape
-        route.full_shape = (s, b, h)
+        shape = route.full_shape = hidden.shape
+        if len(shape) != 3:
+            raise ValueError(f"hidden must be [s, b, h], got {tuple(shape)}")
+        s, b, h = shape
         ctx.route = route
         return route._select(hidden.reshape(s * b, h)).view(-1, b, h)
 
@@ -252,14 +285,17 @@ class _RouteGather(torch.autograd.Function):
 
 class _RouteScatter(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, full: torch.Tensor, kept: torch.Tensor, route: TokenRoute) -> torch.Tensor:
-        _check_hidden(full, "full")
-        _check_hidden(kept, "kept_out")
-        s, b, h = full.shape
-        if kept.shape != (route.rows.numel() // b, b, h):
-            raise ValueError(f"kept_out must be [k={route.rows.numel() // b}, b={b}, h={h}], got {tuple(kept.shape)}")
+    def forward(ctx, kept: torch.Tensor, route: TokenRoute) -> torch.Tensor:
+        full, route._full = route._full, None
+        shape = full.shape
+        if len(shape) != 3:
+            raise ValueError(f"full must be [s, b, h], got {tuple(shape)}")
+        s, b, h = shape
+        k = route.kept_tokens if route.kept_tokens is not None else route.rows.shape[0] // b
+        if kept.shape != (k, b, h):
+            raise ValueError(f"kept_out must be [k={k}, b={b}, h={h}], got {tuple(kept.shape)}")
         ctx.route = route
-        ctx.shape = (s, b, h)
+        ctx.shape = shape
         return route._merge(full.reshape(s * b, h), kept.reshape(-1, h), s * b).view(s, b, h)
 
     @staticmethod
@@ -271,4 +307,4 @@ class _RouteScatter(torch.autograd.Function):
         # the incoming gradient by reference, never mutating it (autograd may share it).
         route.grad_out = grad
         grad_kept = route._select(grad.reshape(s * b, h)).view(-1, b, h)
-        return None, grad_kept, None
+        return grad_kept, None

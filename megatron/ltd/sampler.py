@@ -26,10 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+import functools
+
+import numpy as np
 import torch
 
 __all__ = ["IndexPlan", "make_index_plan", "build_index_plan", "local_shard_plan", "plan_needed", "check_plan_fits",
-           "plan_strata"]
+           "route_rows", "route_strata", "local_route_rows", "route_positions"]
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
@@ -87,12 +90,32 @@ def _check_k(k: int, seq_length: int, strata: int) -> None:
         )
 
 
-def _to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Small host list -> device tensor without a blocking host-device synchronisation."""
-    t = torch.tensor(list(values), dtype=torch.int64)
+def _to_device(values, device: torch.device) -> torch.Tensor:
+    """Small host values -> device tensor without a blocking host-device synchronisation."""
+    t = torch.as_tensor(values, dtype=torch.int64)
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _position_hashes(s: int, device: torch.device) -> torch.Tensor:
+    """``mix32(arange(s))``: the same for every plan of this length, so made once per device."""
+    return _mix32(torch.arange(s, dtype=torch.int64, device=device))
+
+
+@functools.lru_cache(maxsize=64)
+def _stratum_offsets(s: int, strata: int, device: torch.device) -> torch.Tensor:
+    """``[1, 1, strata, 1]``: the first position of each stratum."""
+    return torch.arange(0, s, s // strata, dtype=torch.int64, device=device).view(1, 1, strata, 1)
+
+
+def _row_bases(salts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``[L, b]`` 32-bit row bases from per-layer salts and sample ids, on the host (numpy uint64:
+    the same integers as the device formula, with no launches for a few hundred values)."""
+    id_lo, id_hi = ids & _M32, (ids >> 32) & _M32
+    base = _mix32(salts[:, None] ^ id_lo[None, :])
+    return _mix32(base ^ _mix32((id_hi + _GOLDEN) & _M32)[None, :])
 
 
 def make_index_plan(
@@ -126,26 +149,33 @@ def make_index_plan(
     device = torch.device(device) if device is not None else sample_ids.device
     layers = [int(n) for n in layer_numbers]
 
-    # Per-layer 32-bit salt from (seed, iteration, layer): exact host ints, one small copy.
-    salts = _to_device([_hash_ints(seed, iteration, n) for n in layers], device)  # [L]
-    ids = sample_ids.to(device=device, dtype=torch.int64, non_blocking=True).reshape(-1)  # [b]
-    id_lo, id_hi = ids & _M32, (ids >> 32) & _M32
-
-    # Row base for every (layer, sample): [L, b].
-    base = _mix32(salts[:, None] ^ id_lo[None, :])
-    base = _mix32(base ^ _mix32((id_hi + _GOLDEN) & _M32)[None, :])
+    # Per-layer 32-bit salt from (seed, iteration, layer): exact host ints.
+    salts = [_hash_ints(seed, iteration, n) for n in layers]
+    if sample_ids.device.type == "cpu":
+        # Host ids (the data loader's): the [L, b] row bases are made on the host and copied once.
+        ids = sample_ids.reshape(-1).numpy().astype(np.int64, copy=False)
+        if (ids < 0).any():
+            raise ValueError(f"plan inputs must be non-negative, got sample id {int(ids.min())}")
+        base = _to_device(_row_bases(np.asarray(salts, dtype=np.uint64), ids.astype(np.uint64)).astype(np.int64),
+                          device)
+    else:
+        # Device ids: the same formula on the device, nothing read back to the host.
+        salt_t = _to_device(salts, device)  # [L]
+        ids = sample_ids.to(device=device, dtype=torch.int64, non_blocking=True).reshape(-1)  # [b]
+        id_lo, id_hi = ids & _M32, (ids >> 32) & _M32
+        base = _mix32(salt_t[:, None] ^ id_lo[None, :])
+        base = _mix32(base ^ _mix32((id_hi + _GOLDEN) & _M32)[None, :])
+    b = base.shape[1]
 
     # Keys: a bijection of the position for each row, so all keys in a row differ. [L, b, s]
-    pos_hash = _mix32(torch.arange(s, dtype=torch.int64, device=device))
-    keys = _mix32(pos_hash[None, None, :] ^ base[:, :, None])
+    keys = _mix32(_position_hashes(s, device)[None, None, :] ^ base[:, :, None])
 
     if n > 1:
         width = s // n
-        keys = keys.view(len(layers), ids.numel(), n, width)
+        keys = keys.view(len(layers), b, n, width)
         local = torch.topk(keys, k // n, dim=-1, largest=False, sorted=False).indices
         local = local.sort(dim=-1).values
-        offsets = torch.arange(0, s, width, dtype=torch.int64, device=device).view(1, 1, n, 1)
-        return (local + offsets).reshape(len(layers), ids.numel(), k)
+        return (local + _stratum_offsets(s, n, device)).reshape(len(layers), b, k)
     idx = torch.topk(keys, k, dim=-1, largest=False, sorted=False).indices
     return idx.sort(dim=-1).values
 
@@ -156,7 +186,7 @@ def local_shard_plan(plan: torch.Tensor, tp_rank: int, tp_size: int, seq_length:
     ``plan`` is ``[..., k]`` from ``make_index_plan(..., strata=S)`` with ``S`` a multiple of
     ``tp_size`` (so each shard holds ``S / tp_size`` whole strata and exactly ``k / tp_size`` kept
     positions, the shard's slice of the sorted plan); returns ``[..., k / tp_size]`` with values in
-    ``[0, s / tp_size)``. The caller checks ``S % tp_size == 0`` (see :func:`plan_strata`).
+    ``[0, s / tp_size)``. The caller checks ``S % tp_size == 0`` (see :func:`check_plan_fits`).
     """
     tp, s = int(tp_size), int(seq_length)
     k = plan.shape[-1]
@@ -170,9 +200,10 @@ def local_shard_plan(plan: torch.Tensor, tp_rank: int, tp_size: int, seq_length:
 class IndexPlan:
     """The plan of one micro-batch; travels with the forward (and its recomputation).
 
-    ``indices[row]`` is ``LongTensor[b, k]`` for layer ``layer_numbers[row]``. :meth:`tensor` is
-    what rides with the forward: the same values viewed as ``[rows, b, strata, k/strata]``, so a
-    layer can tell how the plan was stratified and refuse one that does not fit its layout.
+    ``indices[row]`` is ``LongTensor[b, k]`` of positions for layer ``layer_numbers[row]``. What
+    rides with the forward is :meth:`route_tensor`: the same plan as row numbers of the flattened
+    ``[s*b, h]`` hidden states, made for every layer in one operation here, so a dropping layer
+    gathers and scatters without index arithmetic of its own.
     """
 
     indices: torch.Tensor
@@ -181,6 +212,7 @@ class IndexPlan:
     layer_numbers: Tuple[int, ...]
     strata: int = 1
     rows: Dict[int, int] = field(init=False, repr=False)
+    _route: Optional[torch.Tensor] = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.layer_numbers = tuple(int(n) for n in self.layer_numbers)
@@ -204,15 +236,54 @@ class IndexPlan:
             raise KeyError(f"layer {layer_number} is not a token-dropping layer of this plan "
                            f"(layers {list(self.layer_numbers)})") from None
 
-    def tensor(self) -> torch.Tensor:
-        """``LongTensor[rows, b, strata, k/strata]`` (a view): the plan as it travels with the forward."""
-        rows, b, k = self.indices.shape
-        return self.indices.view(rows, b, self.strata, k // self.strata)
+    def route_tensor(self) -> torch.Tensor:
+        """``LongTensor[rows, strata, k/strata, b]`` (see :func:`route_rows`): the plan as it travels."""
+        if self._route is None:
+            self._route = route_rows(self.indices, self.strata)
+        return self._route
 
     def local_for_layer(self, layer_number: int, tp_rank: int, tp_size: int) -> torch.Tensor:
         """``LongTensor[b, k/tp]`` of shard-local positions (sequence parallel over ``tp_size`` ranks)."""
         check_plan_fits(self.strata, tp_size)
         return local_shard_plan(self.for_layer(layer_number), tp_rank, tp_size, self.seq_length)
+
+
+# ---------------------------------------------------------------------- the travelling form
+# A dropping layer works on the flattened ``[s*b, h]`` view of its ``[s, b, h]`` input, where
+# token ``(pos, sample j)`` is row ``pos*b + j``. The plan travels as those row numbers, in
+# ``[rows, strata, k/strata, b]`` order: for one layer, ``reshape(-1)`` is the gather order
+# (kept tokens position-major, as the ``[k, b, h]`` kept states are laid out), and the strata
+# axis leads so a sequence-parallel shard's rows are one contiguous slice.
+def route_rows(indices: torch.Tensor, strata: int = 1) -> torch.Tensor:
+    """``[L, b, k]`` sorted positions -> ``[L, strata, k/strata, b]`` flat row numbers (one op)."""
+    L, b, k = indices.shape
+    sample = torch.arange(b, dtype=torch.int64, device=indices.device)
+    return torch.add(sample, indices.transpose(1, 2), alpha=b).view(L, strata, k // strata, b)
+
+
+def route_strata(route: torch.Tensor) -> int:
+    """Strata of a travelling route tensor ``[rows, strata, k/strata, b]``."""
+    if route.dim() != 4:
+        raise ValueError(f"random-LTD route of shape {tuple(route.shape)}: expected [rows, strata, k/strata, b] "
+                         "(IndexPlan.route_tensor())")
+    return int(route.shape[1])
+
+
+def local_route_rows(route_row: torch.Tensor, tp_rank: int, tp_size: int, seq_length: int) -> torch.Tensor:
+    """One layer's ``[strata, k/strata, b]`` global rows -> ``[k/tp * b]`` rows of shard ``tp_rank``'s
+    ``[s/tp * b, h]`` states (its whole strata, shifted to the shard's origin)."""
+    strata, _, b = route_row.shape
+    if tp_size == 1:
+        return route_row.reshape(-1)
+    per_rank = strata // tp_size
+    shard_rows = (seq_length // tp_size) * b
+    return (route_row[tp_rank * per_rank:(tp_rank + 1) * per_rank] - tp_rank * shard_rows).reshape(-1)
+
+
+def route_positions(route_row: torch.Tensor) -> torch.Tensor:
+    """One layer's ``[strata, k/strata, b]`` rows -> ``[b, k]`` global positions (for masks)."""
+    b = route_row.shape[-1]
+    return route_row.reshape(-1, b).div(b, rounding_mode="floor").t()
 
 
 def check_plan_fits(strata: int, tp_size: int) -> None:
@@ -222,15 +293,6 @@ def check_plan_fits(strata: int, tp_size: int) -> None:
             f"an index plan of {strata} strata does not fit sequence parallelism over {tp_size} ranks "
             f"(each rank's shard must hold whole strata): set --random-ltd-strata to a multiple of {tp_size}"
         )
-
-
-def plan_strata(plan: torch.Tensor) -> int:
-    """Strata of a travelling plan tensor: ``[rows, b, S, k/S]`` -> ``S``; a plain ``[rows, b, k]`` -> 1."""
-    if plan.dim() == 4:
-        return int(plan.shape[2])
-    if plan.dim() == 3:
-        return 1
-    raise ValueError(f"index plan of shape {tuple(plan.shape)}: expected [rows, b, k] or [rows, b, strata, k/strata]")
 
 
 def build_index_plan(

@@ -73,7 +73,7 @@ def _reference(plain, hidden, mask, rope, idx):
 
 
 def body_layer_matches_reference(ctx, kind):
-    from megatron.ltd.sampler import make_index_plan
+    from megatron.ltd.sampler import make_index_plan, route_rows
     from tests.model_utils import tiny_config
 
     config = tiny_config(params_dtype=torch.float64, num_layers=2)
@@ -84,7 +84,7 @@ def body_layer_matches_reference(ctx, kind):
     plan = make_index_plan(3, 7, torch.tensor([10, 11, 12]), [0, 1], K, S)
     idx = plan[1]
     h1 = hidden.clone().requires_grad_(True)
-    y, _ = ltd(hidden_states=h1, attention_mask=mask, context_mask=plan, rotary_pos_emb=rope)
+    y, _ = ltd(hidden_states=h1, attention_mask=mask, context_mask=route_rows(plan), rotary_pos_emb=rope)
     h2 = hidden.clone().requires_grad_(True)
     y_ref = _reference(plain, h2, mask, rope, idx)
     w = torch.randn(y.shape, generator=gen, dtype=torch.float64)

@@ -56,9 +56,9 @@ def body_plans_used_by_the_layers(ctx, runs, tmp):
     used, shift = [], [0]
 
     class RecordingRoute(layer_mod.TokenRoute):
-        def __init__(self, idx, batch, kernel="torch"):
-            used.append(idx.clone() + shift[0])  # shard-local under sequence parallelism: made global
-            super().__init__(idx, batch, kernel)
+        def gather(self, hidden):
+            used.append(self.positions(hidden.shape[1]).clone() + shift[0])  # shard-local under SP: made global below
+            return super().gather(hidden)
 
     layer_mod.TokenRoute = RecordingRoute
     out = []

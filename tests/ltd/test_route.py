@@ -46,7 +46,7 @@ def _run(kernel, device, s, b, h, k, dtype, reference):
     if reference:
         out = scatter_tokens(up, _layer(gather_tokens(up, idx), w), idx)
     else:
-        route = TokenRoute(idx, b, kernel)
+        route = TokenRoute.from_positions(idx, b, kernel)
         out = route.scatter(up, _layer(route.gather(up), w))
     # Two consumers of the output (the next layer's residual and branch) share one gradient.
     loss = (out * torch.linspace(-1, 1, h, device=device, dtype=dtype)).sum() + (out.float() ** 2).sum() * 0.01
@@ -80,7 +80,7 @@ def test_route_in_bf16_is_the_fp32_reference_rounded_once(kernel_device):
         if reference:
             out = scatter_tokens(x, gather_tokens(x, idx) * 2 + gather_tokens(x, idx), idx)
         else:
-            route = TokenRoute(idx, b, kernel)
+            route = TokenRoute.from_positions(idx, b, kernel)
             kept = route.gather(x)
             out = route.scatter(x, kept * 2 + kept)
         (out.float() * c).sum().backward()
@@ -111,7 +111,7 @@ def test_route_dropped_tokens_bypass_and_input_grad_written_once(kernel_device):
     s, b, h, k = 12, 2, 8, 5
     idx = make_index_plan(1, 0, torch.arange(b), [0], k, s)[0].to(device)
     x = torch.randn(s, b, h, device=device, requires_grad=True)
-    route = TokenRoute(idx, b, kernel)
+    route = TokenRoute.from_positions(idx, b, kernel)
     out = route.scatter(x, route.gather(x) * 3.0)
     g = torch.randn(s, b, h, device=device)
     out.backward(g)

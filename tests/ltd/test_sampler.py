@@ -123,13 +123,17 @@ def test_strata_plan_is_the_same_for_every_tp_size_that_divides_it():
 
 
 def test_a_plan_says_how_it_was_stratified_and_refuses_a_layout_it_does_not_fit():
-    from megatron.ltd.sampler import check_plan_fits, plan_strata
+    from megatron.ltd.sampler import check_plan_fits, route_strata
 
     ids = torch.arange(3)
     ip = build_index_plan(5, 6, ids, LAYERS, 16, 64, strata=4)
-    assert plan_strata(ip.tensor()) == 4 and ip.tensor().shape == (len(LAYERS), 3, 4, 4)
-    assert torch.equal(ip.tensor().reshape(len(LAYERS), 3, 16), ip.indices)
-    assert plan_strata(ip.indices) == 1  # a bare [rows, b, k] tensor is a plain plan
+    route = ip.route_tensor()
+    assert route_strata(route) == 4 and route.shape == (len(LAYERS), 4, 4, 3)
+    # The travelling form is the flat row number pos * b + sample of each kept token, position-major.
+    expect = torch.stack([torch.stack([ip.indices[r, j] * 3 + j for j in range(3)], dim=-1) for r in range(len(LAYERS))])
+    assert torch.equal(route.reshape(len(LAYERS), 16, 3), expect)
+    with pytest.raises(ValueError, match="route_tensor"):
+        route_strata(ip.indices)  # positions are not the travelling form
     for tp in (1, 2, 4):
         check_plan_fits(4, tp)
     with pytest.raises(ValueError, match="--random-ltd-strata"):
@@ -138,6 +142,25 @@ def test_a_plan_says_how_it_was_stratified_and_refuses_a_layout_it_does_not_fit(
         check_plan_fits(1, 2)
     with pytest.raises(ValueError, match="--random-ltd-strata"):
         ip.local_for_layer(8, 0, 8)
+
+
+def test_the_travelling_rows_are_the_positions_each_shard_gathers():
+    """What a layer gathers from the route tensor: on one process the flat rows of the plan's
+    positions; under sequence parallelism, each shard's own rows of its local positions; and the
+    positions come back from the rows for the masks."""
+    from megatron.ltd.ops import flat_rows
+    from megatron.ltd.sampler import local_route_rows, route_positions
+
+    b, s, k = 3, 64, 32
+    ip = build_index_plan(5, 6, torch.arange(10, 10 + b), LAYERS, k, s, strata=8)
+    route = ip.route_tensor()
+    for row, layer in enumerate(LAYERS):
+        assert torch.equal(route[row].reshape(-1), flat_rows(ip.for_layer(layer), b))
+        assert torch.equal(route_positions(route[row]), ip.for_layer(layer))
+        for tp in (2, 4, 8):
+            for r in range(tp):
+                local = flat_rows(ip.local_for_layer(layer, r, tp), b)
+                assert torch.equal(local_route_rows(route[row], r, tp, s), local)
 
 
 def test_no_data_dependent_shapes_or_host_reads():
