@@ -19,22 +19,32 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import megatron.runtime  # noqa: E402,F401  (quiets megatron-core's optional-dependency notices)
 
 from megatron.curriculum.analyzer import ANALYZER_METRICS, analyze  # noqa: E402
-from megatron.data.atomic import check_prefix  # noqa: E402
+from megatron.data import paths  # noqa: E402
 from megatron.data.config import parse_blend  # noqa: E402
+from megatron.training.cli import OneLineErrorParser  # noqa: E402
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-path", nargs="+", required=True, help="Prefix, or blend 'w1 prefix1 w2 prefix2 ...'.")
+def build_parser() -> argparse.ArgumentParser:
+    ap = OneLineErrorParser(prog="analyze_data.py", description=__doc__.split("\n\n")[0])
+    paths.declare(ap.add_argument("--data-path", nargs="+", required=True,
+                                  help="Prefix, or blend 'w1 prefix1 w2 prefix2 ...'."), paths.INPUT_DATASET)
     ap.add_argument("--metric", nargs="+", choices=ANALYZER_METRICS, default=list(ANALYZER_METRICS))
     ap.add_argument("--workers", type=int, default=1, help="Worker processes.")
     ap.add_argument("--chunk-sequences", type=int, default=4096, help="Sequences per work item (and per resume unit).")
     ap.add_argument("--vocab-size", type=int, default=None, help="Token-count table size (default: largest id + 1).")
     ap.add_argument("--keep-parts", action="store_true", help="Keep the per-chunk results after finishing.")
-    a = ap.parse_args(argv)
-    prefixes, _ = parse_blend(a.data_path)
-    for p in prefixes:
-        check_prefix(p, "--data-path")
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = build_parser()
+    a = paths.parse_checked(ap, argv)
+    try:
+        prefixes, _ = parse_blend(a.data_path)
+        for p in prefixes:  # the results are written next to each dataset
+            paths.check_output_prefix("--data-path", p, "the results go next to the dataset")
+    except ValueError as e:
+        paths.fail(ap.prog, e)
     from megatron.curriculum.analyzer import _index
 
     n = sum(len(_index(p)[0]) for p in prefixes)

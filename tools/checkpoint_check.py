@@ -22,6 +22,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron.data import paths  # noqa: E402
+
 
 def _run(args):
     from megatron.runtime.device import destroy_distributed
@@ -43,12 +45,20 @@ def _run(args):
             "losses": {r["iteration"]: r["loss"] for r in metrics if r["kind"] == "train"}}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--dir", required=True, help="Scratch directory (replaced).")
-    p.add_argument("--json-out", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    from megatron.training.cli import OneLineErrorParser
+
+    p = OneLineErrorParser(prog="checkpoint_check.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    paths.declare(p.add_argument("--dir", required=True, help="Scratch directory (replaced)."), paths.OUTPUT_DIR,
+                  "a scratch directory (its contents are replaced)")
+    paths.declare(p.add_argument("--json-out", required=True), paths.OUTPUT_FILE, "a .json file path")
     p.add_argument("--rtol", type=float, default=2e-2, help="Loss agreement between runs (bf16 on a GPU is not bitwise).")
-    args, model = p.parse_known_args(argv)
+    return p
+
+
+@paths.exit_code
+def main(argv=None) -> int:
+    args, model = paths.parse_checked(build_parser(), argv, known=True)
     shutil.rmtree(args.dir, ignore_errors=True)
     os.makedirs(args.dir)
     base = model + ["--bf16", "--random-ltd", "--log-interval", "1", "--eval-iters", "0", "--no-progress",

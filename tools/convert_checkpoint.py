@@ -19,17 +19,40 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron.data import paths  # noqa: E402
+
+
+def build_hf_parser():
+    from megatron.training.cli import OneLineErrorParser
+
+    p = OneLineErrorParser(prog="convert_checkpoint.py",
+                           description="Export a checkpoint as a Hugging Face transformers model directory.",
+                           allow_abbrev=False)
+    paths.declare(p.add_argument("--load", required=True, help="Source checkpoint directory (any TP/PP layout)."),
+                  paths.INPUT_DIR, "a checkpoint directory written by --save")
+    paths.declare(p.add_argument("--to-hf", required=True, metavar="OUT",
+                                 help="Destination directory (new or empty; written atomically)."),
+                  paths.OUTPUT_NEW_DIR, "a new or empty directory for the transformers model")
+    p.add_argument("--iteration", type=int, default=None, help="Export this iteration (default: the latest).")
+    paths.declare(p.add_argument("--tokenizer-model", default=None,
+                                 help="SentencePiece model to export instead of the path recorded in the checkpoint."),
+                  paths.INPUT_FILE, "a SentencePiece .model file")
+    p.add_argument("--no-tokenizer", action="store_true", help="Write the model only.")
+    return p
+
 
 def hf_main(argv) -> int:
-    p = argparse.ArgumentParser(description="Export a checkpoint as a Hugging Face transformers model directory.",
-                                allow_abbrev=False)
-    p.add_argument("--load", required=True, help="Source checkpoint directory (any TP/PP layout).")
-    p.add_argument("--to-hf", required=True, metavar="OUT", help="Destination directory (new or empty; written atomically).")
-    p.add_argument("--iteration", type=int, default=None, help="Export this iteration (default: the latest).")
-    p.add_argument("--tokenizer-model", default=None,
-                   help="SentencePiece model to export instead of the path recorded in the checkpoint.")
-    p.add_argument("--no-tokenizer", action="store_true", help="Write the model only.")
-    args = p.parse_args(argv)
+    p = build_hf_parser()
+    args = paths.parse_checked(p, argv)  # every path checked (one line, exit 2) before any work
+    if os.path.abspath(args.load) == os.path.abspath(args.to_hf):
+        paths.fail(p.prog, "--to-hf must differ from --load")
+    if args.tokenizer_model is not None:
+        from megatron.data.tokenizers import SentencePieceTokenizer
+
+        try:
+            SentencePieceTokenizer(args.tokenizer_model)
+        except ValueError as e:
+            paths.fail(p.prog, e)
     try:
         import safetensors  # noqa: F401
         import transformers  # noqa: F401
@@ -39,9 +62,6 @@ def hf_main(argv) -> int:
     from megatron.evaluation.checkpoint_loader import CheckpointError
     from megatron.evaluation.hf_export import export_to_hf
 
-    if os.path.abspath(args.load) == os.path.abspath(args.to_hf):
-        print("error: --to-hf must differ from --load", file=sys.stderr)
-        return 2
     try:
         out = export_to_hf(args.load, args.to_hf, args.iteration, tokenizer_model=args.tokenizer_model,
                            write_tokenizer=not args.no_tokenizer)
@@ -53,6 +73,7 @@ def hf_main(argv) -> int:
     return 0
 
 
+@paths.exit_code
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a == "--to-hf" or a.startswith("--to-hf=") for a in argv):

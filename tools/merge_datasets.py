@@ -16,21 +16,27 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import megatron.runtime  # noqa: E402,F401  (quiets megatron-core's optional-dependency notices)
 
+from megatron.data import paths  # noqa: E402
 from megatron.data.atomic import merge_indexed_datasets  # noqa: E402
+from megatron.training.cli import OneLineErrorParser  # noqa: E402
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(prog="merge_datasets.py", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", nargs="+", help="Dataset prefixes (without .bin/.idx).")
-    src.add_argument("--input-dir", help="Merge every prefix with a .bin and .idx here (sorted).")
-    p.add_argument("--output-prefix", required=True)
-    args = p.parse_args(argv)
+    paths.declare(src.add_argument("--input", nargs="+", help="Dataset prefixes (without .bin/.idx)."),
+                  paths.INPUT_DATASET)
+    paths.declare(src.add_argument("--input-dir", help="Merge every prefix with a .bin and .idx here (sorted)."),
+                  paths.INPUT_DIR, "a directory holding .bin/.idx pairs")
+    paths.declare(p.add_argument("--output-prefix", required=True), paths.OUTPUT_PREFIX,
+                  "writes PREFIX.bin and PREFIX.idx")
+    return p
+
+
+@paths.exit_code
+def main(argv=None) -> int:
+    args = paths.parse_checked(build_parser(), argv)
     if args.input_dir:
-        if not os.path.isdir(args.input_dir):
-            print(f"merge_datasets.py: error: --input-dir {args.input_dir!r} is not a directory",
-                  file=sys.stderr)
-            return 1
         names = sorted(f[:-4] for f in os.listdir(args.input_dir) if f.endswith(".idx"))
         prefixes = [os.path.join(args.input_dir, n) for n in names]
     else:

@@ -11,14 +11,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def read_rows(path: str) -> List[dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"metrics file {path} does not exist (was the run given --metrics-file?)")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno} is not a JSON line ({e.msg}): give a --metrics-file written by a "
+                                 "run (one JSON object per line)") from None
+            if not isinstance(row, dict) or "kind" not in row:
+                raise ValueError(f"{path}:{lineno} is not a metrics record (no 'kind'): give a --metrics-file written "
+                                 "by a run")
+            rows.append(row)
+    return rows
 
 
 def plot_comparison(runs: Dict[str, str], out_png: str, title: str = "Baseline vs random-LTD") -> str:
@@ -56,18 +72,34 @@ def plot_comparison(runs: Dict[str, str], out_png: str, title: str = "Baseline v
     return out_png
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from megatron.data import paths
+    from megatron.training.cli import OneLineErrorParser
+
+    p = OneLineErrorParser(prog="plot_runs.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    paths.declare(p.add_argument("--run", action="append", required=True, metavar="NAME=METRICS_JSONL"),
+                  paths.INPUT_FILE, "a --metrics-file written by a run", after="=")
+    paths.declare(p.add_argument("--out", required=True, help="PNG to write"), paths.OUTPUT_FILE, "a .png file path")
+    paths.declare(p.add_argument("--title", default="Baseline vs random-LTD"), paths.TEXT)
+    return p
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", action="append", required=True, metavar="NAME=METRICS_JSONL")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--title", default="Baseline vs random-LTD")
-    a = p.parse_args(argv)
+    from megatron.data import paths
+
+    p = build_parser()
+    a = paths.parse_checked(p, argv)
     runs = {}
     for item in a.run:
         if "=" not in item:
             p.error(f"--run {item!r}: expected NAME=PATH")
         name, path = item.split("=", 1)
         runs[name] = path
+    try:
+        for path in runs.values():
+            read_rows(path)  # every file parses before anything is drawn
+    except ValueError as e:
+        paths.fail(p.prog, e)
     print(plot_comparison(runs, a.out, a.title))
 
 

@@ -18,24 +18,28 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import megatron.runtime  # noqa: E402,F401  (quiets megatron-core's optional-dependency notices)
 
+from megatron.data import paths  # noqa: E402
 from megatron.data.preprocess import PreprocessConfig, PreprocessError, preprocess  # noqa: E402
 from megatron.data.tokenizers import add_tokenizer_args, tokenizer_config_from_args  # noqa: E402
+from megatron.training.cli import OneLineErrorParser  # noqa: E402
 
 
-def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="preprocess_data.py", description=__doc__.split("\n\n")[0])
     group = parser.add_argument_group("input data")
-    group.add_argument("--input", required=True, help="JSONL file, one JSON object per line.")
-    group.add_argument("--json-keys", nargs="+", default=["text"],
-                       help="Keys to extract; each becomes its own dataset.")
+    paths.declare(group.add_argument("--input", required=True, help="JSONL file, one JSON object per line."),
+                  paths.INPUT_FILE, "a JSONL file")
+    paths.declare(group.add_argument("--json-keys", nargs="+", default=["text"],
+                                     help="Keys to extract; each becomes its own dataset."), paths.TEXT)
     group.add_argument("--split-sentences", action="store_true",
                        help="One sequence per sentence (for BERT); output ends in _sentence.")
     group.add_argument("--strict", action="store_true",
                        help="Fail on the first bad line instead of skipping and reporting it.")
     add_tokenizer_args(parser)
     group = parser.add_argument_group("output data")
-    group.add_argument("--output-prefix", required=True,
-                       help="Writes {prefix}_{key}_{document|sentence}.bin/.idx")
+    paths.declare(group.add_argument("--output-prefix", required=True,
+                                     help="Writes {prefix}_{key}_{document|sentence}.bin/.idx"),
+                  paths.OUTPUT_PREFIX, "writes PREFIX_text_document.bin/.idx")
     group.add_argument("--append-eod", action="store_true",
                        help="Append the tokenizer's end-of-document token to each document.")
     group = parser.add_argument_group("runtime")
@@ -46,9 +50,14 @@ def get_args(argv=None):
                        help="Documents between progress lines when stderr is not a terminal.")
     group.add_argument("--chunk-lines", type=int, default=64, help="Lines per worker task.")
     group.add_argument("--no-progress-bar", action="store_true", help="Never show the tqdm bar.")
-    return parser.parse_args(argv)
+    return parser
 
 
+def get_args(argv=None):
+    return paths.parse_checked(build_parser(), argv)
+
+
+@paths.exit_code
 def main(argv=None) -> int:
     args = get_args(argv)
     try:

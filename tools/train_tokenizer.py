@@ -15,16 +15,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron.data import paths  # noqa: E402
 from megatron.data.train_tokenizer import (  # noqa: E402
     DEFAULT_SPECIAL_TOKENS, SentencePieceTrainConfig, parse_special_tokens, train_sentencepiece)
+from megatron.training.cli import OneLineErrorParser  # noqa: E402
 
 
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True,
-                   help="Files: *.jsonl/*.json are read as JSON lines, anything else as text.")
-    p.add_argument("--json-keys", nargs="+", default=["text"], help="Keys to read from JSONL.")
-    p.add_argument("--model-prefix", required=True, help="Writes {prefix}.model and .vocab")
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(prog="train_tokenizer.py", description=__doc__.split("\n\n")[0])
+    paths.declare(p.add_argument("--input", nargs="+", required=True,
+                                 help="Files: *.jsonl/*.json are read as JSON lines, anything else as text."),
+                  paths.INPUT_FILE, "a JSONL or text file")
+    paths.declare(p.add_argument("--json-keys", nargs="+", default=["text"], help="Keys to read from JSONL."), paths.TEXT)
+    paths.declare(p.add_argument("--model-prefix", required=True, help="Writes {prefix}.model and .vocab"),
+                  paths.OUTPUT_PREFIX, "writes PREFIX.model and PREFIX.vocab")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     p.add_argument("--character-coverage", type=float, default=1.0,
@@ -43,9 +47,14 @@ def get_args(argv=None):
                    help="Read at most this many characters (0: everything).")
     p.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=1234)
-    return p.parse_args(argv)
+    return p
 
 
+def get_args(argv=None):
+    return paths.parse_checked(build_parser(), argv)
+
+
+@paths.exit_code
 def main(argv=None) -> int:
     args = get_args(argv)
     try:

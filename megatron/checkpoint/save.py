@@ -174,9 +174,9 @@ class Saver:
         self.committed.append(iteration)
 
     def _failed(self, partial: str, error: BaseException):
+        if collectives.rank() == 0:  # a failed write leaves nothing behind; the previous checkpoint is untouched
+            shutil.rmtree(partial, ignore_errors=True)
         if files.is_disk_full(error):
-            if collectives.rank() == 0:
-                shutil.rmtree(partial, ignore_errors=True)  # give the space back; the previous checkpoint is untouched
             newest = files.latest_iteration(self.root) if os.path.isdir(self.root) else None
             kept = files.iter_dir(self.root, newest) if newest is not None else "none"
             raise files.CheckpointError(

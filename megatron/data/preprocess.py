@@ -21,6 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megatron.data.atomic import StagedOutputs
+from megatron.data.paths import removed_on_failure
 from megatron.data.sentence_splitter import split_sentences
 from megatron.data.tokenizers import TokenizerConfig, build_tokenizer
 
@@ -286,7 +287,7 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessSummary:
     progress = _Progress(os.path.getsize(cfg.input), cfg.log_interval, cfg.progress)
     pool = None
     try:
-        with StagedOutputs(out_dir, os.path.basename(cfg.output_prefix)) as staged:
+        with removed_on_failure(out_dir), StagedOutputs(out_dir, os.path.basename(cfg.output_prefix)) as staged:
             finals = {k: staged.staged_prefix(cfg.output_prefix_for(k)) for k in cfg.json_keys}
             if cfg.workers > 1:
                 ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")

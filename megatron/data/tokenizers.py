@@ -42,6 +42,17 @@ class MissingSpecialTokenError(AttributeError):
     """Raised when a tokenizer is asked for a special token its vocabulary does not have."""
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file that cannot be parsed as the kind of file it should be (one line naming the
+    file, what kind of file was expected and where that comes from)."""
+
+
+def _first_line(error: BaseException) -> str:
+    """The library's own reason, on one line (sentencepiece and tokenizers raise several)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:200]
+
+
 # ----------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------
@@ -91,28 +102,37 @@ class TokenizerConfig:
 
 def add_tokenizer_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add Megatron-LM's tokenizer flags to ``parser`` (one argument group)."""
+    from megatron.data import paths
+
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", type=str, default="SentencePieceTokenizer",
                        choices=TOKENIZER_TYPES, help="Which tokenizer to use.")
-    group.add_argument("--tokenizer-model", type=str, default=None,
-                       help="SentencePiece .model file, or a local Hugging Face tokenizer directory.")
-    group.add_argument("--vocab-file", type=str, default=None,
-                       help="GPT-2 vocab.json or BERT WordPiece vocab.txt.")
-    group.add_argument("--merge-file", type=str, default=None, help="GPT-2 BPE merges.txt.")
+    paths.declare(group.add_argument("--tokenizer-model", type=str, default=None,
+                                     help="SentencePiece .model file, or a local Hugging Face tokenizer directory."),
+                  paths.INPUT_PATH, "a SentencePiece .model file or a Hugging Face tokenizer directory")
+    paths.declare(group.add_argument("--vocab-file", type=str, default=None,
+                                     help="GPT-2 vocab.json or BERT WordPiece vocab.txt."),
+                  paths.INPUT_FILE, "a GPT-2 vocab.json or a BERT vocab.txt")
+    paths.declare(group.add_argument("--merge-file", type=str, default=None, help="GPT-2 BPE merges.txt."),
+                  paths.INPUT_FILE, "a GPT-2 merges.txt")
     group.add_argument("--vocab-size", type=int, default=None,
                        help="NullTokenizer only: number of ids before the eod id.")
     return parser
 
 
 def tokenizer_config_from_args(args: argparse.Namespace) -> TokenizerConfig:
-    """Build a :class:`TokenizerConfig` from parsed :func:`add_tokenizer_args` flags."""
-    return TokenizerConfig(
+    """Build a :class:`TokenizerConfig` from parsed :func:`add_tokenizer_args` flags; its files are
+    parsed once here (milliseconds), so a file of the wrong kind is refused before any work."""
+    cfg = TokenizerConfig(
         tokenizer_type=args.tokenizer_type,
         tokenizer_model=getattr(args, "tokenizer_model", None),
         vocab_file=getattr(args, "vocab_file", None),
         merge_file=getattr(args, "merge_file", None),
         vocab_size=getattr(args, "vocab_size", None),
     )
+    if cfg.tokenizer_model or cfg.vocab_file or cfg.merge_file:
+        build_tokenizer(cfg)  # raises TokenizerFileError naming the file
+    return cfg
 
 
 def build_tokenizer(cfg: TokenizerConfig) -> "Tokenizer":
@@ -240,10 +260,19 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_path: str) -> None:
         import sentencepiece as spm
 
+        if os.path.isdir(model_path):
+            raise TokenizerFileError(f"--tokenizer-model {model_path} is a directory: {self.name} needs a SentencePiece "
+                                     ".model file (a Hugging Face tokenizer directory needs --tokenizer-type "
+                                     "HuggingFaceTokenizer)")
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"--tokenizer-model {model_path!r} is not a file")
         super().__init__({"tokenizer_model": _abs(model_path)})
-        self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        except (RuntimeError, OSError) as e:
+            raise TokenizerFileError(
+                f"--tokenizer-model {model_path} is not a SentencePiece model ({_first_line(e)}): give the .model file "
+                "written by tools/train_tokenizer.py (not its .vocab, nor a text file)") from None
         n = self._sp.get_piece_size()
         self._vocab = {self._sp.id_to_piece(i): i for i in range(n)}
         self._extra: Dict[int, str] = {}
@@ -349,7 +378,20 @@ class GPT2BPETokenizer(_HFBackedTokenizer):
         for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{flag} {path!r} is not a file")
-        tok = HFTok(models.BPE.from_file(vocab_file, merge_file))
+        expect = "a GPT-2 vocab.json (a JSON object of token -> id)"
+        try:
+            with open(vocab_file, encoding="utf-8") as f:
+                vocab = json.load(f)
+        except (ValueError, OSError) as e:
+            raise TokenizerFileError(f"--vocab-file {vocab_file} is not {expect} ({_first_line(e)})") from None
+        if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+            raise TokenizerFileError(f"--vocab-file {vocab_file} is not {expect}: it holds a JSON "
+                                     f"{type(vocab).__name__}" + (" with values other than ids" if isinstance(vocab, dict) else ""))
+        try:
+            tok = HFTok(models.BPE.from_file(vocab_file, merge_file))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad merges file
+            raise TokenizerFileError(f"--merge-file {merge_file} is not a GPT-2 merges.txt for --vocab-file {vocab_file} "
+                                     f"(one 'left right' pair of vocabulary tokens per line; {_first_line(e)})") from None
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         super().__init__(tok, {"vocab_file": _abs(vocab_file), "merge_file": _abs(merge_file)})
@@ -369,11 +411,15 @@ class BertWordPieceTokenizer(_HFBackedTokenizer):
         if not os.path.isfile(vocab_file):
             raise FileNotFoundError(f"--vocab-file {vocab_file!r} is not a file")
         vocab = {}
-        with open(vocab_file, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                token = line.rstrip("\n")
-                if token:
-                    vocab[token] = i
+        try:
+            with open(vocab_file, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    token = line.rstrip("\n")
+                    if token:
+                        vocab[token] = i
+        except UnicodeDecodeError as e:
+            raise TokenizerFileError(f"--vocab-file {vocab_file} is not a BERT WordPiece vocab.txt (one token per line, "
+                                     f"UTF-8): byte {e.start} of line {len(vocab) + 1} is not UTF-8") from None
         if "[UNK]" not in vocab:
             raise ValueError(f"--vocab-file {vocab_file!r} has no [UNK] token (not a BERT vocab?)")
         tok = HFTok(models.WordPiece(vocab, unk_token="[UNK]"))
@@ -421,13 +467,25 @@ class HuggingFaceTokenizer(_HFBackedTokenizer):
                 f"--tokenizer-model {path!r}: no tokenizer.json there (save the tokenizer with "
                 "save_pretrained() or tokenizers.Tokenizer.save())"
             )
-        super().__init__(HFTok.from_file(tok_file), {"tokenizer_model": _abs(tok_file)})
+        try:
+            backend = HFTok.from_file(tok_file)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+            raise TokenizerFileError(f"--tokenizer-model {tok_file} is not a Hugging Face tokenizer.json "
+                                     f"({_first_line(e)}): give the directory written by save_pretrained()") from None
+        super().__init__(backend, {"tokenizer_model": _abs(tok_file)})
         declared: Dict[str, str] = {}
         for fname in ("tokenizer_config.json", "special_tokens_map.json"):
             fpath = os.path.join(path, fname)
             if os.path.isfile(fpath):
-                with open(fpath, encoding="utf-8") as f:
-                    data = json.load(f)
+                try:
+                    with open(fpath, encoding="utf-8") as f:
+                        data = json.load(f)
+                except ValueError as e:
+                    raise TokenizerFileError(f"--tokenizer-model {path}: {fpath} is not JSON ({_first_line(e)}); "
+                                             f"fix it or remove it (the tokenizer.json is enough)") from None
+                if not isinstance(data, dict):
+                    raise TokenizerFileError(f"--tokenizer-model {path}: {fpath} holds a JSON {type(data).__name__}, "
+                                             "not an object; fix it or remove it")
                 for role, key in _HF_ROLE_KEYS.items():
                     value = data.get(key)
                     if isinstance(value, dict):

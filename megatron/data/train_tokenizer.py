@@ -124,8 +124,15 @@ def train_sentencepiece(cfg: SentencePieceTrainConfig) -> str:
         raise ValueError(_why_no_text(cfg))
     import sentencepiece as spm
 
+    from megatron.data.paths import removed_on_failure
+
     out_dir = os.path.dirname(os.path.abspath(cfg.model_prefix))
-    os.makedirs(out_dir, exist_ok=True)
+    with removed_on_failure(out_dir):  # a failed training leaves no directory it made
+        os.makedirs(out_dir, exist_ok=True)
+        return _train(cfg, spm, first, lines)
+
+
+def _train(cfg: SentencePieceTrainConfig, spm, first: str, lines: Iterator[str]) -> str:
     spm.set_random_generator_seed(cfg.seed)
     options = dict(
         model_type=cfg.model_type,

@@ -373,7 +373,11 @@ def write_merged_checkpoint(load_dir: str, save_dir: str, iteration: Optional[in
                 converted_from={"load": os.path.abspath(load_dir), "layout": loaded.metadata.get("layout"),
                                 "format": loaded.metadata.get("format")})
     trainer_state = {"counters": meta["counters"]} if "counters" in meta else {}
-    return Saver(save_dir, say=lambda _: None).save(loaded.iteration, [loaded.model], None, None, trainer_state, meta)
+    from megatron.data.paths import removed_on_failure
+
+    # The Saver removes its staging directory when the write fails, this the directories made for it.
+    with removed_on_failure(save_dir):
+        return Saver(save_dir, say=lambda _: None).save(loaded.iteration, [loaded.model], None, None, trainer_state, meta)
 
 
 def iter_layer_keys(state_dict: Mapping[str, Any]) -> Iterable[int]:

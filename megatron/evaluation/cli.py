@@ -13,7 +13,9 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-__all__ = ["build_eval_parser", "given_model_flags", "run_eval", "main", "convert_main"]
+from megatron.data import paths
+
+__all__ = ["build_eval_parser", "build_convert_parser", "given_model_flags", "run_eval", "main", "convert_main"]
 
 TASKS = ("lambada", "wikitext", "perplexity")
 
@@ -42,7 +44,10 @@ def given_model_flags(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from megatron.training.cli import OneLineErrorParser
+
+    p = OneLineErrorParser(
+        prog="evaluate_zeroshot.py",
         description="Zero-shot evaluation of a Megatron-LTD GPT checkpoint (any TP/PP layout, run at TP=1/PP=1).",
         allow_abbrev=False,
     )
@@ -50,10 +55,12 @@ def build_eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", required=True, choices=TASKS,
                    help="lambada: last-word accuracy from JSONL; wikitext: perplexity of WikiText-tokenized "
                         "text (detokenized first); perplexity: perplexity of plain text.")
-    g.add_argument("--load", required=True, help="Checkpoint directory (its latest complete iteration).")
+    paths.declare(g.add_argument("--load", required=True, help="Checkpoint directory (its latest complete iteration)."),
+                  paths.INPUT_DIR, "a checkpoint directory written by --save")
     g.add_argument("--iteration", type=int, default=None, help="Evaluate this iteration instead of the latest.")
-    g.add_argument("--data-path", "--valid-data", dest="data_path", required=True,
-                   help="LAMBADA JSONL (one {\"text\": ...} per line) or a raw text file.")
+    paths.declare(g.add_argument("--data-path", "--valid-data", dest="data_path", required=True,
+                                 help="LAMBADA JSONL (one {\"text\": ...} per line) or a raw text file."),
+                  paths.INPUT_FILE, "a LAMBADA .jsonl or a text file")
     g.add_argument("--eval-seq-length", type=int, default=None,
                    help="Evaluation window in tokens (default: the checkpoint's --seq-length).")
     g.add_argument("--overlapping-eval", "--stride", dest="stride", type=int, default=None,
@@ -62,11 +69,13 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="Sequences per forward pass.")
     g.add_argument("--strict-lambada", action="store_true",
                    help="LAMBADA: report only the strict (whole-word) variant. Default: both variants.")
-    g.add_argument("--lambada-text-key", default="text", help="JSON field holding the passage.")
+    paths.declare(g.add_argument("--lambada-text-key", default="text", help="JSON field holding the passage."), paths.TEXT)
     g.add_argument("--limit", type=int, default=None, help="LAMBADA: evaluate only the first N examples.")
     g.add_argument("--max-tokens", type=int, default=None, help="Perplexity: evaluate only the first N tokens.")
-    g.add_argument("--results-dir", default="eval_results", help="Where the JSON result file goes.")
-    g.add_argument("--results-json", default=None, help="Exact JSON result path (overrides --results-dir).")
+    paths.declare(g.add_argument("--results-dir", default="eval_results", help="Where the JSON result file goes."),
+                  paths.OUTPUT_DIR)
+    paths.declare(g.add_argument("--results-json", default=None, help="Exact JSON result path (overrides --results-dir)."),
+                  paths.OUTPUT_FILE, "a .json file path")
     g.add_argument("--cpu", action="store_true", help="Run on CPU even when a GPU is visible.")
     g.add_argument("--bf16", action="store_true", help="Evaluate in bfloat16 (GPU).")
     g.add_argument("--no-progress", action="store_true", help="No progress bar.")
@@ -138,35 +147,51 @@ def check_eval_args(args) -> Optional[str]:
     return None
 
 
+@paths.exit_code
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from megatron.evaluation.checkpoint_loader import CheckpointError
     from megatron.evaluation.tasks import EvalDataError
 
-    args = build_eval_parser().parse_args(argv)
+    from megatron.data.tokenizers import TokenizerFileError
+
+    parser = build_eval_parser()
+    args = paths.parse_checked(parser, argv, skip_when_given={"results_dir": "results_json"})
     problem = check_eval_args(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         run_eval(args)
-    except (CheckpointError, EvalDataError) as e:
+    except (CheckpointError, EvalDataError, TokenizerFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def convert_main(argv: Optional[Sequence[str]] = None) -> int:
-    from megatron.evaluation.checkpoint_loader import CheckpointError, write_merged_checkpoint
+def build_convert_parser() -> argparse.ArgumentParser:
+    from megatron.training.cli import OneLineErrorParser
 
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
+        prog="convert_checkpoint.py",
         description="Convert a checkpoint saved at any TP/PP layout (either format) into one TP=1/PP=1 checkpoint of "
                     "the current format (weights only).",
         allow_abbrev=False,
     )
-    p.add_argument("--load", required=True, help="Source checkpoint directory.")
-    p.add_argument("--save", required=True, help="Destination directory, new or empty (written atomically, tracker last).")
+    paths.declare(p.add_argument("--load", required=True, help="Source checkpoint directory."),
+                  paths.INPUT_DIR, "a checkpoint directory written by --save")
+    paths.declare(p.add_argument("--save", required=True,
+                                 help="Destination directory, new or empty (written atomically, tracker last)."),
+                  paths.OUTPUT_NEW_DIR, "a new or empty directory for the converted checkpoint")
     p.add_argument("--iteration", type=int, default=None, help="Convert this iteration (default: the latest).")
-    args = p.parse_args(argv)
+    return p
+
+
+@paths.exit_code
+def convert_main(argv: Optional[Sequence[str]] = None) -> int:
+    from megatron.evaluation.checkpoint_loader import CheckpointError, write_merged_checkpoint
+
+    p = build_convert_parser()
+    args = paths.parse_checked(p, argv)  # every path checked (one line, exit 2) before any work
     if os.path.abspath(args.load) == os.path.abspath(args.save):
         print("error: --save must differ from --load", file=sys.stderr)
         return 2

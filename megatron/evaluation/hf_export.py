@@ -241,9 +241,16 @@ def export_to_hf(load_dir: str, out_dir: str, iteration: Optional[int] = None,
     renamed into place, so a failed export leaves nothing that looks complete. Returns a summary."""
     from safetensors.torch import save_file
 
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise CheckpointError(f"--to-hf {out_dir} is not empty: exporting would replace what it holds; give a new or "
-                              "empty directory")
+    from megatron.data import paths
+    from megatron.data.tokenizers import SentencePieceTokenizer
+
+    try:  # before any work: a directory that cannot become the export
+        paths.check_output_dir("--to-hf", out_dir, "a new or empty directory for the transformers model", new=True)
+        if os.path.exists(out_dir + ".partial") and not os.path.isdir(out_dir + ".partial"):
+            raise paths.PathError(f"--to-hf {out_dir}: {out_dir}.partial, where the export is staged, is a file; "
+                                  "move it away or give another directory")
+    except paths.PathError as e:
+        raise ExportError(str(e)) from None
     state_dict, meta, iteration = read_merged_state_dict(load_dir, iteration)
     flags = dict(meta["model_flags"])
     vocab = int(meta.get("padded_vocab_size") or state_dict["embedding.word_embeddings.weight"].shape[0])
@@ -256,6 +263,10 @@ def export_to_hf(load_dir: str, out_dir: str, iteration: Optional[int] = None,
         import sentencepiece as spm
 
         if os.path.isfile(tok["tokenizer_model"]):
+            try:  # the one-line reason when the model file is not a SentencePiece model
+                SentencePieceTokenizer(tok["tokenizer_model"])
+            except ValueError as e:
+                raise ExportError(str(e)) from None
             sp = spm.SentencePieceProcessor(model_file=tok["tokenizer_model"])
             special = {"bos_token_id": sp.bos_id(), "eos_token_id": sp.eos_id(), "pad_token_id": sp.pad_id()}
             special = {k: v for k, v in special.items() if v >= 0}
@@ -263,22 +274,26 @@ def export_to_hf(load_dir: str, out_dir: str, iteration: Optional[int] = None,
 
     out_dir = os.path.abspath(out_dir)
     partial = out_dir + ".partial"
-    if os.path.isdir(partial):
+    if os.path.isdir(partial):  # left by an export that was killed
         shutil.rmtree(partial)
-    os.makedirs(partial)
-    try:
-        # Tied weights are stored once (transformers re-ties them on load).
-        save_file(weights, os.path.join(partial, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(partial, "config.json"), "w") as f:
-            json.dump(config, f, indent=1, sort_keys=True)
-        with open(os.path.join(partial, "generation_config.json"), "w") as f:
-            json.dump(special, f, indent=1, sort_keys=True)
-        tokenizer = _write_tokenizer(meta, partial, int(flags.get("seq_length", 1024))) if write_tokenizer else None
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if os.path.isdir(out_dir):
-        os.rmdir(out_dir)  # empty (checked above): never removes anything
-    os.rename(partial, out_dir)
+    was_empty_dir = os.path.isdir(out_dir)
+    with paths.removed_on_failure(os.path.dirname(out_dir)):  # and any parent directory made for it
+        os.makedirs(partial)
+        try:
+            # Tied weights are stored once (transformers re-ties them on load).
+            save_file(weights, os.path.join(partial, "model.safetensors"), metadata={"format": "pt"})
+            with open(os.path.join(partial, "config.json"), "w") as f:
+                json.dump(config, f, indent=1, sort_keys=True)
+            with open(os.path.join(partial, "generation_config.json"), "w") as f:
+                json.dump(special, f, indent=1, sort_keys=True)
+            tokenizer = _write_tokenizer(meta, partial, int(flags.get("seq_length", 1024))) if write_tokenizer else None
+            if os.path.isdir(out_dir):
+                os.rmdir(out_dir)  # empty (checked above): never removes anything
+            os.rename(partial, out_dir)
+        except BaseException:  # nothing of a failed export stays behind
+            shutil.rmtree(partial, ignore_errors=True)
+            if was_empty_dir and not os.path.exists(out_dir):
+                os.mkdir(out_dir)  # the empty directory the user gave, as it was
+            raise
     return {"out_dir": out_dir, "architecture": arch, "iteration": iteration, "tokenizer": tokenizer,
             "parameters": sum(v.numel() for v in weights.values())}

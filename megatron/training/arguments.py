@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 
 from megatron.curriculum.config import FLAG_FIELDS as CURRICULUM_FLAG_FIELDS
 from megatron.curriculum.config import CurriculumConfig, add_curriculum_args, curriculum_config_from_args
+from megatron.data import paths
 from megatron.data.config import DataConfig, add_data_args, data_config_from_args
 from megatron.data.tokenizers import TokenizerConfig, add_tokenizer_args, tokenizer_config_from_args
 from megatron.ltd.config import RandomLTDConfig, add_random_ltd_args, random_ltd_config_from_args
@@ -48,6 +49,16 @@ class ConfigError(ValueError):
     """A bad flag or flag combination, reported before any work starts."""
 
 
+# What the string flags that megatron.data / .curriculum / .ltd add by hand take (checked by
+# megatron.data.paths.check_paths right after parsing; the tokenizer flags declare their own).
+_HAND_ADDED_PATH_KINDS = {
+    **{dest: paths.INPUT_DATASET for dest in ("data_path", "train_data_path", "valid_data_path", "test_data_path")},
+    "data_cache_path": paths.OUTPUT_DIR,
+    "curriculum_difficulty_file": (paths.INPUT_FILE, "a .npy written for the dataset (tools/analyze_data.py)"),
+    **{dest: paths.TEXT for dest in ("split", "random_ltd_layers", "curriculum_discrete_values", "curriculum_discrete_steps")},
+}
+
+
 def build_parser(description: str = "Megatron-LTD pretraining", extra_args=None) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=description, allow_abbrev=False, formatter_class=HelpFormatter)
     parser._negative_number_matcher = NEGATIVE_NUMBER  # `--lr -1e-3` reaches the value check
@@ -61,6 +72,7 @@ def build_parser(description: str = "Megatron-LTD pretraining", extra_args=None)
     attach_ranges(parser, RandomLTDConfig, dest_prefix="random_ltd_")
     add_curriculum_args(parser)
     attach_ranges(parser, CurriculumConfig, dest_to_field=CURRICULUM_FLAG_FIELDS)
+    paths.declare_all(parser, _HAND_ADDED_PATH_KINDS)  # the dataclass flags declare theirs in metadata
     if extra_args is not None:
         extra_args(parser)
     return parser
@@ -81,6 +93,7 @@ def parse_pretrain_config(
     args = parser.parse_args(argv)
     try:
         check_ranges(parser, args)  # every numeric flag, before anything reads the values
+        paths.check_paths(parser, args)  # every path flag, before anything is read or written
         areas = {name: dataclass_from_args(cls, args) for name, cls, _ in _AREAS}
         data = data_config_from_args(args)
         if args.mock_data and args.tokenizer_model is None and args.vocab_file is None and args.tokenizer_type == "SentencePieceTokenizer":
@@ -282,29 +295,16 @@ def validate_curriculum(cfg: PretrainConfig, tp: int, given: Sequence[str]) -> N
                                   f"-step-increment (or -discrete-values) give {value}")
 
 
-def _nearest_existing(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def check_writable_dir(flag: str, path: str) -> None:
     """Refuse, before any work, a directory that cannot be written (not after the first iteration)."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"{flag} {path} is a file, not a directory: give a directory (it is created if missing)")
-    base = _nearest_existing(path)
-    if not os.path.isdir(base):
-        raise ConfigError(f"{flag} {path}: {base} is a file, so the directory cannot be created")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: {base} is not writable; choose a directory you can write to")
+    try:
+        paths.check_output_dir(flag, path)
+    except paths.PathError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_writable_file(flag: str, path: str) -> None:
-    if os.path.isdir(path):
-        raise ConfigError(f"{flag} {path} is a directory: give a file path")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            raise ConfigError(f"{flag} {path} is not writable; choose another file or fix its permissions")
-        return
-    check_writable_dir(flag, os.path.dirname(os.path.abspath(path)))
+    try:
+        paths.check_output_file(flag, path)
+    except paths.PathError as e:
+        raise ConfigError(str(e)) from None

@@ -177,6 +177,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type, title: str) -
             kw["choices"] = field.metadata["choices"]
         action = group.add_argument(_flag(field), default=default, **kw)
         action.range = Range.of(field.metadata)
+        if "path" in field.metadata:  # checked by megatron.data.paths.check_paths
+            from megatron.data.paths import as_path_kind
+
+            action.path_kind = as_path_kind(field.metadata["path"])
         for alias in field.metadata.get("aliases", ()):
             alias_action = group.add_argument(alias, dest=field.name, default=argparse.SUPPRESS, type=kw.get("type"),
                                               help=argparse.SUPPRESS)

@@ -172,8 +172,9 @@ class LRConfig:
 
 @dataclass
 class CheckpointConfig:
-    save: Optional[str] = field(default=None, metadata=_m("Directory to save checkpoints to."))
-    load: Optional[str] = field(default=None, metadata=_m("Directory to resume from (its latest complete checkpoint)."))
+    save: Optional[str] = field(default=None, metadata=_m("Directory to save checkpoints to.", path="output-dir"))
+    load: Optional[str] = field(default=None, metadata=_m("Directory to resume from (its latest complete checkpoint).",
+                                                     path=("input-dir", "a directory written by --save")))
     save_interval: Optional[int] = field(default=None, metadata=_m("Save every this many iterations.", ge=1))
     load_optim: bool = field(default=True, metadata=_m("Do not load optimizer state.", negate="--no-load-optim"))
     load_rng: bool = field(default=True, metadata=_m("Do not load RNG state.", negate="--no-load-rng"))
@@ -227,8 +228,9 @@ class FaultConfig:
 @dataclass
 class LoggingConfig:
     log_interval: int = field(default=100, metadata=_m("Print/log metrics every this many iterations.", ge=1))
-    tensorboard_dir: Optional[str] = field(default=None, metadata=_m("Write TensorBoard events here."))
-    metrics_file: Optional[str] = field(default=None, metadata=_m("Append one JSON line of metrics per log/eval event."))
+    tensorboard_dir: Optional[str] = field(default=None, metadata=_m("Write TensorBoard events here.", path="output-dir"))
+    metrics_file: Optional[str] = field(default=None, metadata=_m("Append one JSON line of metrics per log/eval event.",
+                                                                  path="output-file"))
     no_progress: bool = field(default=False, metadata=_m("Disable the progress bar."))
 
 

@@ -173,7 +173,7 @@ def test_merge_datasets(tmp_path, capsys):
     assert len(IndexedDataset(out)) == 50
     # missing prefix: a clear error naming the files, nothing written
     assert main(["--input", str(tmp_path / "a_text_document"), str(tmp_path / "zzz"),
-                 "--output-prefix", str(tmp_path / "m2")]) == 1
+                 "--output-prefix", str(tmp_path / "m2")]) == 2  # checked with every path flag, before any work
     err = capsys.readouterr().err
     assert "zzz.bin" in err and "zzz.idx" in err
     assert not os.path.exists(str(tmp_path / "m2.idx"))

@@ -81,7 +81,7 @@ def test_every_bad_input_is_one_clear_message(tmp_path):
         (BASE + ["--save", ck, "--keep-last-checkpoints", "0"], "--keep-last-checkpoints must be >= 1"),
         (BASE + ["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"], "mutually exclusive"),
         (BASE + ["--exit-duration-in-mins", "0"], "--exit-duration-in-mins must be > 0"),
-        (BASE + ["--load", str(a_file)], "no such directory"),
+        (BASE + ["--load", str(a_file)], f"--load {a_file} is a file, not a directory: give a directory written by --save"),
         (BASE + ["--load", ck, "--vocab-size", "300"], "checkpoint 256, this run 384; resume with the checkpoint's tokenizer: --tokenizer-type NullTokenizer --vocab-size 128"),
         (BASE + ["--load", ck, "--seq-length", "64"], "--seq-length: checkpoint 32, this run 64"),
         (BASE + ["--load", os.path.join(ck, "iter_0000001")], "iter_0000001 is not a complete checkpoint"),
@@ -218,7 +218,10 @@ def test_unclear_inputs_name_their_cause(tmp_path, monkeypatch):
 
     # A relative tokenizer path is recorded absolute, so a checkpoint works from any directory.
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "tok.model").write_text("x")
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["the cat sat on the mat"] * 20), model_prefix="tok",
+                                   vocab_size=15, minloglevel=2)
     cfg = parse_pretrain_config(BASE + ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", "tok.model"],
                                 world_size=1)
     assert cfg.tokenizer.tokenizer_model == str(tmp_path / "tok.model")
