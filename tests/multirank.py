@@ -6,8 +6,14 @@
 initialises torch.distributed (gloo) and megatron-core's model-parallel groups, runs the body, and
 returns its (picklable) result; ``results[rank]`` is that value. Failures are collected from
 every rank and raised together with their tracebacks; a deadline kills all ranks so a collective
-that never completes fails the test instead of hanging it. Processes come from a forkserver that
-has torch and megatron-core preloaded, so each rank starts in well under a second.
+that never completes fails the test instead of hanging it.
+
+Processes come from a forkserver that has torch and megatron-core preloaded
+(tests/multirank_preload.py), so each rank starts in well under a second. A fork is only safe for
+CUDA when the server never touched it: before trusting the server the harness forks one probe and
+reads torch's poisoned-fork flag; if the preload initialised CUDA (which a CUDA build of torch may
+do where a CPU build cannot show it) ranks are started with ``spawn`` instead (slower: each rank
+imports everything again). ``MEGATRON_LTD_MULTIRANK_START=spawn|forkserver`` forces either.
 """
 
 from __future__ import annotations
@@ -17,19 +23,91 @@ import io
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+START_ENV = "MEGATRON_LTD_MULTIRANK_START"
+PRELOAD = "tests.multirank_preload"
 _CTX = None
+# How this process's ranks start: the method and, for the forkserver, what the probe saw.
+START: Dict[str, Any] = {}
+# In a rank: start_state() as the rank found it (set by the harness before the body runs).
+RANK_START: Dict[str, Any] = {}
+
+
+def start_state() -> Dict[str, Any]:
+    """CUDA as a freshly started rank finds it, before it does anything itself."""
+    import torch
+
+    preload = sys.modules.get(PRELOAD)
+    return {
+        "preloaded": sorted(m for m in ("torch", "megatron.core", "megatron.runtime.device", PRELOAD) if m in sys.modules),
+        # The module flag is copied from the parent at fork: True means the server initialised CUDA.
+        "parent_cuda_initialized": bool(getattr(torch.cuda, "_initialized", False)),
+        "cuda_initialized": torch.cuda.is_initialized(),
+        "bad_fork": bool(torch.cuda._is_in_bad_fork()),
+        "preload_cuda_calls": [name for name, _ in preload.CALLS] if preload is not None else [],
+    }
+
+
+def poisoned(state: Dict[str, Any]) -> bool:
+    """A rank in this state cannot use CUDA (torch refuses to initialise it in the fork)."""
+    return state["bad_fork"] or state["parent_cuda_initialized"]
+
+
+def _probe_body(result_queue) -> None:
+    result_queue.put(start_state())
+
+
+def _probe(ctx, timeout_s: float = 300.0) -> Dict[str, Any]:
+    result_queue = ctx.Queue()
+    p = ctx.Process(target=_probe_body, args=(result_queue,))
+    p.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                return result_queue.get(timeout=0.5)
+            except queue_mod.Empty:
+                if p.exitcode is not None:  # died without reporting: its traceback is on stderr
+                    break
+        raise MultiRankError(f"the forkserver's probe rank did not report (exit code {p.exitcode}); "
+                             f"is {PRELOAD} importable?")
+    finally:
+        p.join(timeout=10.0)
+        if p.is_alive():
+            p.kill()
+        result_queue.close()
+
+
+def choose_start(requested: Optional[str], probe: Callable[[], Dict[str, Any]]) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """The start method for this process's ranks and the probe's report (None when not probed)."""
+    if requested not in (None, "", "forkserver", "spawn"):
+        raise ValueError(f"{START_ENV}={requested!r}: use 'forkserver' or 'spawn'")
+    if requested == "spawn":
+        return "spawn", None
+    state = probe()
+    if requested != "forkserver" and poisoned(state):
+        return "spawn", state
+    return "forkserver", state
 
 
 def _context():
     global _CTX
     if _CTX is None:
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "megatron.core", "megatron.runtime.device"])
-        _CTX = ctx
+        server = mp.get_context("forkserver")
+        server.set_forkserver_preload([PRELOAD])
+        method, state = choose_start(os.environ.get(START_ENV), lambda: _probe(server))
+        if method == "spawn" and state is not None:
+            calls = ", ".join(state["preload_cuda_calls"]) or "none visible from Python"
+            # A warning, so pytest's summary shows it: the GPU run should say which start it used.
+            warnings.warn(f"[multirank] the forkserver's preload initialised CUDA (calls seen from Python: {calls}); "
+                          "starting ranks with spawn", RuntimeWarning, stacklevel=2)
+        START.update(method=method, probe=state)
+        _CTX = server if method == "forkserver" else mp.get_context("spawn")
     return _CTX
 
 
@@ -71,6 +149,11 @@ def _worker(body, rank, world_size, port, tp, pp, vpp, kwargs, result_queue, tim
         OMP_NUM_THREADS="1",
     )
     try:
+        RANK_START.update(start_state())  # before this rank touches anything; bodies may read it
+        if not cpu and poisoned(RANK_START):
+            raise RuntimeError(
+                "this rank was forked from a process that had initialised CUDA, so CUDA cannot be used here; "
+                f"start ranks with spawn ({START_ENV}=spawn) or keep CUDA out of {PRELOAD}")
         import torch
 
         torch.set_num_threads(1)

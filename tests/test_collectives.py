@@ -3,7 +3,7 @@
 NCCL takes CUDA tensors only. On CPU a gloo group registered for CUDA alone (``cuda:gloo``) has
 the same rule, so these tests see on CPU what a GPU cluster would: a host tensor handed to such a
 group directly fails with torch's cryptic error, while through the layer it is refused clearly (or
-moved, where CUDA exists). The project's own collective call sites are run against a group that
+moved, in a process that uses CUDA; a process in CPU mode never moves it, also where GPUs exist). The project's own collective call sites are run against a group that
 reports NCCL's device rule: a call site that bypassed the layer would succeed over gloo instead of
 being refused, and the test would fail.
 """
@@ -83,15 +83,18 @@ def _cuda_only_group_body(ctx):
     return out
 
 
+def _assert_refused_clearly(r):
+    assert r["types"] == ["cuda"]
+    assert "No backend type associated with device type cpu" in r["direct"]
+    # The ranks are in CPU mode (also on a machine with GPUs): there is no CUDA device to move to.
+    assert "cuda:gloo" in r["layer"] and "tensor on cpu" in r["layer"], r["layer"]
+    assert r["sum"] == [3.0, 3.0, 3.0]
+    assert r["objects"] == [{"rank": 0}, {"rank": 1}]
+
+
 def test_host_tensor_on_a_cuda_only_group_is_refused_clearly():
-    results = run_multirank(_cuda_only_group_body, world_size=2)
-    for r in results:
-        assert r["types"] == ["cuda"]
-        assert "No backend type associated with device type cpu" in r["direct"]
-        if not torch.cuda.is_available():
-            assert "cuda:gloo" in r["layer"] and "tensor on cpu" in r["layer"]
-        assert r["sum"] == [3.0, 3.0, 3.0]
-        assert r["objects"] == [{"rank": 0}, {"rank": 1}]
+    for r in run_multirank(_cuda_only_group_body, world_size=2):
+        _assert_refused_clearly(r)
 
 
 def _project_call_sites_body(ctx):
@@ -119,11 +122,38 @@ def _project_call_sites_body(ctx):
     return refused
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the layer moves the tensor instead of refusing")
+def _assert_all_refused(refused):
+    assert len(refused) == 3, refused
+    bypassed = [name for name, ok in refused.items() if not ok]
+    assert not bypassed, f"these call sites did not go through megatron/runtime/collectives.py: {bypassed}"
+
+
 def test_project_call_sites_go_through_the_layer():
     for refused in run_multirank(_project_call_sites_body, world_size=2):
-        bypassed = [name for name, ok in refused.items() if not ok]
-        assert not bypassed, f"these call sites did not go through megatron/runtime/collectives.py: {bypassed}"
+        _assert_all_refused(refused)
+
+
+def _cpu_mode_on_a_cuda_machine_body(ctx):
+    """`--cpu` where torch sees GPUs: the CPU device layer is on while torch.cuda.is_available() is
+    true. First as such a machine starts (CUDA seen before the layer comes on), then with
+    is_available() forced true under the layer, as code holding the original function sees it."""
+    from megatron.runtime import cpu_compat
+
+    cpu_compat.disable()
+    torch.cuda.is_available = lambda: True  # what torch says on a GPU machine
+    cpu_compat.enable()
+    out = {"layer_sees_cuda": torch.cuda.is_available(), "layer_device_count": torch.cuda.device_count()}
+    torch.cuda.is_available = lambda: True  # now forced true with the layer on
+    out["group"] = _cuda_only_group_body(ctx)
+    out["call_sites"] = _project_call_sites_body(ctx)
+    return out
+
+
+def test_cpu_mode_on_a_cuda_machine_keeps_collectives_on_the_host():
+    for r in run_multirank(_cpu_mode_on_a_cuda_machine_body, world_size=2):
+        assert r["layer_sees_cuda"] is False and r["layer_device_count"] == 0
+        _assert_refused_clearly(r["group"])
+        _assert_all_refused(r["call_sites"])
 
 
 def _nccl_body(ctx):

@@ -98,9 +98,13 @@ import megatron.core; info['megatron_core'] = getattr(megatron.core, '__version_
 print(info); json.dump(info, open('$OUT/steps/environment.json', 'w'))
 "
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
-    run_step gpu_tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/ltd/test_route.py \
-        tests/test_collectives.py \
-        tests/ltd/test_sampler.py -k "gpu or cuda or route or kernel or nccl"
+    # The GPU tests (tests/test_gpu.py: random-LTD GPT vs CPU at k < s, Triton kernels, the trainer
+    # on one GPU over NCCL with a checkpoint saved and loaded), how ranks start where CUDA exists
+    # (tests/test_multirank_start.py), the collective layer on NCCL and in CPU mode on this GPU
+    # machine, and the CUDA paths of the random-LTD ops. Every selected test must pass here.
+    run_step gpu_tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_multirank_start.py \
+        tests/test_collectives.py tests/ltd/test_route.py tests/ltd/test_sampler.py \
+        -k "gpu or cuda or route or kernel or nccl"
 else
     echo "=== [gpu_tests] skipped: pytest is not installed (carry its wheels in .whl/)" | tee -a "$LOG"
     printf 'gpu_tests\t-1\t0\tpytest not installed\n' >> "$OUT/steps/index.tsv"

@@ -17,6 +17,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from megatron.runtime import cpu_compat
+
 ReduceOp = dist.ReduceOp
 
 
@@ -49,13 +51,20 @@ def group_device_types(group=None) -> List[str]:
     return sorted(out)
 
 
+def _cuda_in_use() -> bool:
+    # A process in CPU mode (--cpu, also on a machine with GPUs) has no CUDA device to move to:
+    # the CPU device layer owns torch.cuda there (current_device() is the host device).
+    return not cpu_compat.is_enabled() and torch.cuda.is_available()
+
+
 def collective_device(tensor: torch.Tensor, group=None) -> torch.device:
     """Where ``tensor`` must be for a collective over ``group``: its own device when the group takes
-    it, otherwise the current CUDA device for a CUDA-only group; refused when neither is possible."""
+    it, otherwise the current CUDA device for a CUDA-only group (when this process uses CUDA);
+    refused when neither is possible."""
     types = group_device_types(group)
     if tensor.device.type in types:
         return tensor.device
-    if "cuda" in types and torch.cuda.is_available():
+    if "cuda" in types and _cuda_in_use():
         return torch.device("cuda", torch.cuda.current_device())
     if "cpu" in types:
         return torch.device("cpu")
@@ -84,7 +93,7 @@ def _check_object_group(group) -> None:
     # Object collectives pickle into a tensor on the group's device: host for gloo, the current
     # CUDA device for NCCL (torch picks it). A CUDA-only group without CUDA cannot work.
     types = group_device_types(group)
-    if "cpu" not in types and not torch.cuda.is_available():
+    if "cpu" not in types and not _cuda_in_use():
         raise CollectiveDeviceError(
             f"an object collective over a process group with backend {dist.get_backend(_group_or_world(group))!r} "
             "needs CUDA, which is not available here")

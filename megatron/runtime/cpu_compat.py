@@ -16,7 +16,9 @@ Instead of forking those modules, :func:`enable` installs
   tensor-parallel RNG tracker forks real states on CPU.
 
 It is only ever enabled when no GPU is used (see :mod:`megatron.runtime.device`); on a GPU run
-nothing here is touched. Everything is reversible with :func:`disable` (used by tests).
+nothing here is touched. With it on, ``torch.cuda`` reports no device (``is_available()`` False,
+``device_count()`` 0) even where GPUs exist, so ``--cpu`` on a GPU machine runs the path a CPU-only
+machine runs. Everything is reversible with :func:`disable` (used by tests).
 """
 
 from __future__ import annotations
@@ -137,6 +139,9 @@ def _cuda_overrides() -> Dict[str, Any]:
         # allocate with device=torch.cuda.current_device(), and backward runs outside the
         # function mode (the mode is suspended while it handles the .backward() call itself).
         "current_device": lambda: _CPU,
+        # No CUDA while CPU mode is on, also on a machine that has GPUs (--cpu there): code that
+        # asks is_available() then takes the path a CPU-only machine takes, which the suite tests.
+        "is_available": lambda: False,
         "device_count": lambda: 0,
         "set_device": lambda *a, **k: None,
         "synchronize": lambda *a, **k: None,

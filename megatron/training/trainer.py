@@ -441,10 +441,14 @@ class Trainer:
                 self.logger.record("train", it, values, self._x_axes(time.time() - run_t0))
                 log_t0, log_tokens, log_flops, log_iters, log_skipped = time.time(), 0, 0.0, 0, 0
             if it % t.eval_interval == 0:
-                self._eval_and_log(it, time.time() - run_t0)
+                pause_t0 = time.time()
+                self._eval_and_log(it, pause_t0 - run_t0)
+                log_t0 += time.time() - pause_t0  # evaluation is not the next interval's training time
             stop_reason = reached_budget(self.counters, t)
             if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
+                pause_t0 = time.time()
                 self.save()
+                log_t0 += time.time() - pause_t0  # nor is a save (the save line reports its own time)
             if t.exit_interval and it % t.exit_interval == 0 and stop_reason is None:
                 stop_reason = f"--exit-interval {t.exit_interval}"
                 break
