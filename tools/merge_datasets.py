@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     else:
         prefixes = args.input
     try:
-        counts = merge_indexed_datasets(prefixes, args.output_prefix)
+        with paths.removed_on_failure(os.path.dirname(os.path.abspath(args.output_prefix))):
+            counts = merge_indexed_datasets(prefixes, args.output_prefix)
     except (FileNotFoundError, ValueError) as e:
         print(f"merge_datasets.py: error: {e}", file=sys.stderr)
         return 1
