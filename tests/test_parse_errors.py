@@ -52,7 +52,7 @@ def test_tokenizer_files_of_the_wrong_kind_are_named(files):
         (TokenizerConfig("GPT2BPETokenizer", vocab_file=files["vocab.json"], merge_file=files["merges.txt"]),
          [f"--merge-file {files['merges.txt']} is not a GPT-2 merges.txt for --vocab-file {files['vocab.json']}"]),
         (TokenizerConfig("BertWordPieceLowerCase", vocab_file=files["binary.bin"]),
-         [f"--vocab-file {files['binary.bin']} is not a BERT WordPiece vocab.txt", "is not UTF-8"]),
+         [f"--vocab-file {files['binary.bin']} is not a BERT WordPiece vocab.txt", "line 2, byte 118 is not UTF-8"]),
         (TokenizerConfig("HuggingFaceTokenizer", tokenizer_model=files["hf"]),
          [f"--tokenizer-model {files['hf']}/tokenizer.json is not a Hugging Face tokenizer.json"]),
         (TokenizerConfig("HuggingFaceTokenizer", tokenizer_model=files["hf_cfg"]),

@@ -220,3 +220,29 @@ def test_wrong_kinds_of_path_exit_2_with_one_line(tmp_path, monkeypatch):
     assert kinds == set(paths.KINDS) - {paths.TEXT}, kinds  # every kind was walked
     assert count >= 150, count
     assert not failures, f"{len(failures)} of {count} cases:\n\n" + "\n\n".join(failures)
+
+
+def test_lm_eval_checkpoint_is_checked_before_lm_eval_starts(tmp_path):
+    """lm-evaluation-harness's own command line: the ``load=`` of ``--model_args`` is a path flag too."""
+    from megatron.evaluation.lm_eval_cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    for value, needle in ((str(tmp_path / "a_file"), "is a file, not a directory"),
+                          (str(tmp_path / "missing"), "no such directory")):
+        for argv in (["run", "--model", "megatron-ltd", "--model_args", f"batch_size=2,load={value}", "--tasks", "x"],
+                     ["run", f"--model_args=load={value}", "--tasks", "x"]):
+            code, text = _run(main, argv)
+            assert code == 2 and text.count("\n") == 1, text
+            assert text.startswith(f"lm_eval_cli: error: --model_args load {value}") and needle in text, text
+
+
+def test_checkpoint_check_never_deletes_what_it_did_not_write(tmp_path):
+    """tools/checkpoint_check.py replaces its scratch --dir: one holding anything else is refused."""
+    from tools.checkpoint_check import main
+
+    scratch = tmp_path / "scratch"
+    (scratch / "mine").mkdir(parents=True)
+    (scratch / "sync").mkdir()
+    code, text = _run(main, ["--dir", str(scratch), "--json-out", str(tmp_path / "ck.json")])
+    assert code == 2 and text.count("\n") == 1 and f"--dir {scratch} holds files this check did not write (mine)" in text
+    assert sorted(os.listdir(scratch)) == ["mine", "sync"]

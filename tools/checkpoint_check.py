@@ -56,9 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What a run of this check leaves in --dir when it is killed (the next run replaces it).
+_SCRATCH = ("sync", "async", "sync.jsonl", "async.jsonl", "load.jsonl", "finetune.jsonl")
+
+
 @paths.exit_code
 def main(argv=None) -> int:
     args, model = paths.parse_checked(build_parser(), argv, known=True)
+    foreign = sorted(set(os.listdir(args.dir)) - set(_SCRATCH)) if os.path.isdir(args.dir) else []
+    if foreign:  # the directory is deleted: only ever one that holds nothing but a previous run's scratch
+        paths.fail("checkpoint_check.py", f"--dir {args.dir} holds files this check did not write ({', '.join(foreign[:3])}"
+                   f"{', ...' if len(foreign) > 3 else ''}) and would delete them: give a new or empty directory")
     shutil.rmtree(args.dir, ignore_errors=True)
     os.makedirs(args.dir)
     base = model + ["--bf16", "--random-ltd", "--log-interval", "1", "--eval-iters", "0", "--no-progress",

@@ -47,6 +47,17 @@ class TokenizerFileError(ValueError):
     file, what kind of file was expected and where that comes from)."""
 
 
+def _first_non_utf8(path: str) -> str:
+    """Where the first byte that is not UTF-8 is: "line L, byte B" (both from 1)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {lineno}, byte {e.start + 1}"
+    return "a byte"
+
+
 def _first_line(error: BaseException) -> str:
     """The library's own reason, on one line (sentencepiece and tokenizers raise several)."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
@@ -417,9 +428,9 @@ class BertWordPieceTokenizer(_HFBackedTokenizer):
                     token = line.rstrip("\n")
                     if token:
                         vocab[token] = i
-        except UnicodeDecodeError as e:
+        except UnicodeDecodeError:
             raise TokenizerFileError(f"--vocab-file {vocab_file} is not a BERT WordPiece vocab.txt (one token per line, "
-                                     f"UTF-8): byte {e.start} of line {len(vocab) + 1} is not UTF-8") from None
+                                     f"UTF-8): {_first_non_utf8(vocab_file)} is not UTF-8") from None
         if "[UNK]" not in vocab:
             raise ValueError(f"--vocab-file {vocab_file!r} has no [UNK] token (not a BERT vocab?)")
         tok = HFTok(models.WordPiece(vocab, unk_token="[UNK]"))

@@ -112,6 +112,10 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
         raise EvalDataError(f"--data-path {args.data_path!r} does not exist")
     it = resolve_iteration(args.load, args.iteration)
     tok_cfg = _tokenizer_override(args, read_metadata(args.load, it).get("tokenizer"))
+    if tok_cfg is not None:
+        from megatron.data.tokenizers import build_tokenizer
+
+        build_tokenizer(tok_cfg)  # a tokenizer file of the wrong kind is named before the model is loaded
     t0 = time.time()
     loaded = load_for_inference(
         args.load, it, model_flags=given_model_flags(args), tokenizer_config=tok_cfg,
@@ -162,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         run_eval(args)
-    except (CheckpointError, EvalDataError, TokenizerFileError) as e:
+    except (CheckpointError, EvalDataError, TokenizerFileError, FileNotFoundError) as e:
+        # FileNotFoundError: a tokenizer file the checkpoint records that is gone (its message names the flag)
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

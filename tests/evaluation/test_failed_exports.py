@@ -15,8 +15,13 @@ def _tree(root):
 
 
 @pytest.fixture
-def fake_safetensors(monkeypatch):
-    """``safetensors.torch.save_file`` writing real bytes (safetensors is an optional extra)."""
+def safetensors_or_stand_in(monkeypatch):
+    """The real safetensors, or (it is an optional extra) a ``save_file`` writing real bytes."""
+    try:
+        import safetensors.torch  # noqa: F401
+        return
+    except ImportError:
+        pass
     import torch
 
     mod = types.ModuleType("safetensors.torch")
@@ -29,7 +34,7 @@ def fake_safetensors(monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.torch", mod)
 
 
-def test_failed_hf_export_leaves_nothing(eval_runtime, trained_ckpt, fake_safetensors, tmp_path, monkeypatch):
+def test_failed_hf_export_leaves_nothing(eval_runtime, trained_ckpt, safetensors_or_stand_in, tmp_path, monkeypatch):
     from megatron.evaluation import hf_export
 
     seen = {}
