@@ -11,9 +11,9 @@ that never completes fails the test instead of hanging it.
 Processes come from a forkserver that has torch and megatron-core preloaded
 (tests/multirank_preload.py), so each rank starts in well under a second. A fork is only safe for
 CUDA when the server never touched it: before trusting the server the harness forks one probe and
-reads torch's poisoned-fork flag; if the preload initialised CUDA (which a CUDA build of torch may
-do where a CPU build cannot show it) ranks are started with ``spawn`` instead (slower: each rank
-imports everything again). ``MEGATRON_LTD_MULTIRANK_START=spawn|forkserver`` forces either.
+reads torch's poisoned-fork flag and, where a GPU exists, initialises CUDA in it; if the preload
+initialised CUDA (which a CUDA build of torch or Triton may do where a CPU build cannot show it)
+ranks are started with ``spawn`` instead (slower: each rank imports everything again). ``MEGATRON_LTD_MULTIRANK_START=spawn|forkserver`` forces either.
 """
 
 from __future__ import annotations
@@ -54,12 +54,32 @@ def start_state() -> Dict[str, Any]:
 
 
 def poisoned(state: Dict[str, Any]) -> bool:
-    """A rank in this state cannot use CUDA (torch refuses to initialise it in the fork)."""
-    return state["bad_fork"] or state["parent_cuda_initialized"]
+    """A rank in this state cannot use CUDA: torch refuses to initialise it in the fork, or (a raw
+    cuInit in the parent, as Triton >= 3.8's driver probe does) the driver fails there."""
+    return state["bad_fork"] or state["parent_cuda_initialized"] or state.get("cuda_usable") is False
+
+
+def _cuda_usable_in_this_fork() -> Optional[bool]:
+    """None where there is no GPU to use (NVML sees none, or a CPU build); else whether CUDA
+    initialises here. Only for the probe: it exits next, so initialising CUDA costs nothing."""
+    import torch
+
+    if not torch.cuda._is_compiled():
+        return None
+    count_nvml = getattr(torch.cuda, "_device_count_nvml", lambda: -1)
+    if count_nvml() <= 0:
+        return None
+    try:
+        torch.cuda.init()
+        return torch.cuda.device_count() > 0
+    except Exception:  # noqa: BLE001 - "Cannot re-initialize CUDA", "CUDA driver initialization failed"
+        return False
 
 
 def _probe_body(result_queue) -> None:
-    result_queue.put(start_state())
+    state = start_state()
+    state["cuda_usable"] = _cuda_usable_in_this_fork()
+    result_queue.put(state)
 
 
 def _probe(ctx, timeout_s: float = 300.0) -> Dict[str, Any]:

@@ -6,8 +6,9 @@ the rank's first CUDA call fails with "Cannot re-initialize CUDA in forked subpr
 torch, megatron-core and the device layer load, every Python-level way into the CUDA runtime is
 wrapped and recorded (``CALLS``: name and the frames that called it), and torch's availability check
 asks NVML rather than the driver. Ranks read ``CALLS``; the CPU suite asserts it is empty
-(tests/test_multirank_start.py). What a CUDA build of torch does inside C++ cannot be seen here; the
-harness therefore also probes a forked rank for the poisoned-fork flag before it trusts the server.
+(tests/test_multirank_start.py). What a CUDA build of torch does inside C++, or Triton through the
+driver, cannot be seen here; the harness therefore also probes a forked rank before it trusts the
+server (tests/multirank.py).
 """
 
 from __future__ import annotations

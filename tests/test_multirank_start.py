@@ -35,6 +35,7 @@ def test_ranks_start_with_cuda_untouched_by_the_preload():
     if not torch.cuda.is_available():
         # Without CUDA nothing can poison a fork: the fast path must be the one taken.
         assert multirank.START["method"] == "forkserver" and probe["preload_cuda_calls"] == []
+        assert probe["cuda_usable"] is None  # no GPU: the probe did not try CUDA
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -73,6 +74,9 @@ def test_a_poisoned_server_sends_ranks_to_spawn():
     assert choose_start(None, lambda: clean) == ("forkserver", clean)
     assert choose_start(None, lambda: poisoned) == ("spawn", poisoned)
     assert choose_start(None, lambda: dict(clean, parent_cuda_initialized=True))[0] == "spawn"
+    # The driver fails in the fork (a raw cuInit in the server) though torch's flag is clear.
+    assert choose_start(None, lambda: dict(clean, cuda_usable=False))[0] == "spawn"
+    assert choose_start(None, lambda: dict(clean, cuda_usable=True))[0] == "forkserver"
     assert choose_start("spawn", lambda: pytest.fail("spawn needs no probe")) == ("spawn", None)
     assert choose_start("forkserver", lambda: poisoned) == ("forkserver", poisoned)  # forced: ranks refuse
     with pytest.raises(ValueError, match="MEGATRON_LTD_MULTIRANK_START='fork'"):
