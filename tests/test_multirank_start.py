@@ -89,3 +89,23 @@ def test_spawned_ranks_run_a_collective(monkeypatch):
     monkeypatch.setattr(multirank, "_CTX", multirank.mp.get_context("spawn"))
     r = run_multirank(_start_body, world_size=1)[0]
     assert r["sum"] == 1.0 and "tests.multirank_preload" not in r["preloaded"] and r["bad_fork"] is False
+
+
+def test_the_probe_tries_cuda_only_where_a_gpu_exists(monkeypatch):
+    """The probe's CUDA check, with torch.cuda told it is a CUDA build (runs on CPU)."""
+    from tests.multirank import _cuda_usable_in_this_fork as usable
+
+    tried = []
+    monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "init", lambda: tried.append("init"))
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 0)
+    assert usable() is None and not tried  # no GPU (NVML sees none): nothing to initialise
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 1)
+    assert usable() is True and tried == ["init"]
+
+    def poisoned_init():
+        raise RuntimeError("Cannot re-initialize CUDA in forked subprocess")
+
+    monkeypatch.setattr(torch.cuda, "init", poisoned_init)
+    assert usable() is False
