@@ -13,7 +13,8 @@ Processes come from a forkserver that has torch and megatron-core preloaded
 CUDA when the server never touched it: before trusting the server the harness forks one probe and
 reads torch's poisoned-fork flag and, where a GPU exists, initialises CUDA in it; if the preload
 initialised CUDA (which a CUDA build of torch or Triton may do where a CPU build cannot show it)
-ranks are started with ``spawn`` instead (slower: each rank imports everything again). ``MEGATRON_LTD_MULTIRANK_START=spawn|forkserver`` forces either.
+ranks are started with ``spawn`` instead (slower: each rank imports everything again).
+``MEGATRON_LTD_MULTIRANK_START=spawn|forkserver`` forces either.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def start_state() -> Dict[str, Any]:
 
     preload = sys.modules.get(PRELOAD)
     return {
-        "preloaded": sorted(m for m in ("torch", "megatron.core", "megatron.runtime.device", PRELOAD) if m in sys.modules),
+        "preloaded": sorted(m for m in ("torch", "megatron.core", "megatron.runtime.device", PRELOAD)
+                            if m in sys.modules),
         # The module flag is copied from the parent at fork: True means the server initialised CUDA.
         "parent_cuda_initialized": bool(getattr(torch.cuda, "_initialized", False)),
         "cuda_initialized": torch.cuda.is_initialized(),

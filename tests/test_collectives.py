@@ -3,9 +3,10 @@
 NCCL takes CUDA tensors only. On CPU a gloo group registered for CUDA alone (``cuda:gloo``) has
 the same rule, so these tests see on CPU what a GPU cluster would: a host tensor handed to such a
 group directly fails with torch's cryptic error, while through the layer it is refused clearly (or
-moved, in a process that uses CUDA; a process in CPU mode never moves it, also where GPUs exist). The project's own collective call sites are run against a group that
-reports NCCL's device rule: a call site that bypassed the layer would succeed over gloo instead of
-being refused, and the test would fail.
+moved, in a process that uses CUDA; a process in CPU mode never moves it, also where GPUs exist).
+The project's own collective call sites are run against a group that reports NCCL's device rule: a
+call site that bypassed the layer would succeed over gloo instead of being refused, and the test
+would fail.
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ def test_random_ltd_gpt_on_gpu_matches_cpu(cpu_reference, dtype_name, tol):
     assert torch.equal(r["indices"], ref["indices"])  # the same plan on both devices
     assert r["indices"].shape[-1] == K < SEQ
     assert r["loss"] == pytest.approx(ref["loss"], rel=tol)
-    worst = max(float((r["grads"][k] - g).abs().max() / g.abs().max().clamp(min=1e-12)) for k, g in ref["grads"].items())
+    worst = max(float((r["grads"][k] - g).abs().max() / g.abs().max().clamp(min=1e-12))
+                for k, g in ref["grads"].items())
     assert worst < (tol * 10 if dtype_name == "bfloat16" else 1e-3), worst
     assert r["full"] == r["base"]
 
