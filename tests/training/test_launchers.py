@@ -72,14 +72,25 @@ def _value(argv: List[str], flag: str, default=None):
 
 @pytest.fixture()
 def files(tmp_path):
-    """Stand-ins for the files and directories the parser checks."""
+    """Stand-ins for the files and directories the parser checks: tokenizer files that parse, and
+    dataset prefixes (DATA/pile_text_document, DATA/a_text_document, ..., DATA/x) whose .bin/.idx exist."""
+    import sentencepiece as spm
+
     paths = {name: tmp_path / name for name in ("tok.model", "vocab.json", "merges.txt")}
-    for p in paths.values():
-        p.write_text("")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["the cat sat on the mat"] * 20),
+                                   model_prefix=str(tmp_path / "tok"), vocab_size=15, minloglevel=2)
+    paths["vocab.json"].write_text(json.dumps({"a": 0, "b": 1, "ab": 2}))
+    paths["merges.txt"].write_text("#version: 0.2\na b\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("pile_text_document", "a_text_document", "b_text_document", "x"):
+        for ext in (".bin", ".idx"):
+            (data / (name + ext)).write_bytes(b"")
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     return {"TOKENIZER_MODEL": str(paths["tok.model"]), "VOCAB_FILE": str(paths["vocab.json"]),
-            "MERGE_FILE": str(paths["merges.txt"]), "CHECKPOINT_DIR": str(ckpt), "OUTPUT_DIR": str(tmp_path / "out")}
+            "MERGE_FILE": str(paths["merges.txt"]), "CHECKPOINT_DIR": str(ckpt), "OUTPUT_DIR": str(tmp_path / "out"),
+            "DATA": str(data)}
 
 
 # ---------------------------------------------------------------------- syntax
@@ -91,8 +102,8 @@ def test_bash_syntax(script):
 
 # ---------------------------------------------------------------------- GPT-3 1.3B baseline
 def test_baseline_recipe(files):
-    head, args, world = dry_run(BASELINE, DATA_PATH="/data/pile_text_document", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
-                                CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"])
+    head, args, world = dry_run(BASELINE, DATA_PATH=f"{files['DATA']}/pile_text_document",
+                                TOKENIZER_MODEL=files["TOKENIZER_MODEL"], CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"])
     assert world == 8
     cfg = parse_pretrain_config(args, world_size=world)
     m, t, lr = cfg.model, cfg.training, cfg.lr
@@ -106,12 +117,12 @@ def test_baseline_recipe(files):
     assert cfg.precision.bf16 and not cfg.random_ltd.enabled
     assert cfg.checkpoint.save == cfg.checkpoint.load == files["CHECKPOINT_DIR"]
     assert cfg.tokenizer.tokenizer_type == "SentencePieceTokenizer"
-    assert cfg.data.blend == (["/data/pile_text_document"], None)
+    assert cfg.data.blend == ([f"{files['DATA']}/pile_text_document"], None)
 
 
 def test_baseline_multinode_3d_parallel(files):
     head, args, world = dry_run(
-        BASELINE, DATA_PATH="0.3 /data/a_text_document 0.7 /data/b_text_document", VOCAB_FILE=files["VOCAB_FILE"],
+        BASELINE, DATA_PATH=f"0.3 {files['DATA']}/a_text_document 0.7 {files['DATA']}/b_text_document", VOCAB_FILE=files["VOCAB_FILE"],
         MERGE_FILE=files["MERGE_FILE"], CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"],
         NNODES="4", NODE_RANK="2", MASTER_ADDR="node-0", MASTER_PORT="29500", TP="2", PP="2",
         SEQUENCE_PARALLEL="1", RECOMPUTE="full", MICRO_BATCH="2", EXTRA_ARGS="--exit-interval 100",
@@ -124,7 +135,7 @@ def test_baseline_multinode_3d_parallel(files):
     assert (p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel) == (2, 2, True)
     assert cfg.training.recompute_granularity == "full" and cfg.training.exit_interval == 100
     assert cfg.tokenizer.tokenizer_type == "GPT2BPETokenizer"
-    assert cfg.data.blend == (["/data/a_text_document", "/data/b_text_document"], [0.3, 0.7])
+    assert cfg.data.blend == ([f"{files['DATA']}/a_text_document", f"{files['DATA']}/b_text_document"], [0.3, 0.7])
 
 
 def test_baseline_refuses_missing_inputs(files):
@@ -141,7 +152,7 @@ BUDGETS = {"300B": (2e-4, 200000, 372757), "200B": (3e-4, 133333, 248505), "150B
 
 @pytest.mark.parametrize("budget", sorted(BUDGETS))
 def test_random_ltd_recipe(budget, files):
-    head, args, world = dry_run(RANDOM_LTD, BUDGET=budget, DATA_PATH="/data/pile_text_document",
+    head, args, world = dry_run(RANDOM_LTD, BUDGET=budget, DATA_PATH=f"{files['DATA']}/pile_text_document",
                                 TOKENIZER_MODEL=files["TOKENIZER_MODEL"], CHECKPOINT_DIR=files["CHECKPOINT_DIR"],
                                 OUTPUT_DIR=files["OUTPUT_DIR"])
     cfg = parse_pretrain_config(args, world_size=world)
@@ -181,21 +192,21 @@ def test_random_ltd_run_length_matches_a_step_by_step_count(files):
     """The header's 372,757, and a non-default case, counted one step at a time."""
     assert _iterations_to_budget(512, 24, None, 200000, 300 * 10**9 * 24) == BUDGETS["300B"][2]
     _, args, world = dry_run(RANDOM_LTD, BUDGET="150B", GLOBAL_BATCH="1024", LTD_LAYERS="1,2,3",
-                             LTD_REQUIRE_STEPS="50000", DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
+                             LTD_REQUIRE_STEPS="50000", DATA_PATH=f"{files['DATA']}/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
                              CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"])
     cfg = parse_pretrain_config(args, world_size=world)
     assert run_length(cfg).iterations == _iterations_to_budget(1024, 24, [1, 2, 3], 50000, 150 * 10**9 * 24)
 
 
 def test_random_ltd_overrides(files):
-    _, args, world = dry_run(RANDOM_LTD, BUDGET="200B", DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
+    _, args, world = dry_run(RANDOM_LTD, BUDGET="200B", DATA_PATH=f"{files['DATA']}/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
                              CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"], DECAY_TOKENS="1000000000",
                              LTD_LAYERS="2 3 4", LR="1e-4", TP="4", SEQUENCE_PARALLEL="1", GPUS_PER_NODE="4")
     cfg = parse_pretrain_config(args, world_size=world)
     assert cfg.random_ltd.resolve_layers(24) == [2, 3, 4] and cfg.lr.lr == 1e-4
     assert cfg.lr.lr_decay_tokens == 10**9 and cfg.parallel.sequence_parallel
     assert cfg.random_ltd.resolved_strata(True) == 8  # TP 4 divides the default strata
-    proc = run_launcher(RANDOM_LTD, BUDGET="100B", DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"])
+    proc = run_launcher(RANDOM_LTD, BUDGET="100B", DATA_PATH=f"{files['DATA']}/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"])
     assert proc.returncode != 0 and "BUDGET" in proc.stderr
 
 
@@ -206,7 +217,7 @@ def test_slurm_launches_either_mode(files, tmp_path):
     scontrol = bindir / "scontrol"
     scontrol.write_text("#!/usr/bin/env bash\nprintf 'gpu-node-07\\ngpu-node-08\\n'\n")
     scontrol.chmod(0o755)
-    common = dict(DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"], CHECKPOINT_DIR=files["CHECKPOINT_DIR"],
+    common = dict(DATA_PATH=f"{files['DATA']}/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"], CHECKPOINT_DIR=files["CHECKPOINT_DIR"],
                   OUTPUT_DIR=files["OUTPUT_DIR"], SLURM_SUBMIT_DIR=str(ROOT), SLURM_JOB_NUM_NODES="2",
                   SLURM_JOB_NODELIST="gpu-node-[07-08]", SLURM_GPUS_ON_NODE="4",
                   PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
@@ -229,6 +240,8 @@ def test_slurm_launches_either_mode(files, tmp_path):
 @pytest.mark.parametrize("mode", ["baseline", "random_ltd"])
 def test_small_cpu_dry_run(mode, files, tmp_path):
     prefix = tmp_path / "corpus_text_document"
+    for ext in (".bin", ".idx"):  # the parser checks that the pair exists
+        prefix.with_suffix(ext).write_bytes(b"")
     _, args, world = dry_run(SMALL, MODE=mode, DATA_PREFIX=str(prefix), TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
                              OUTPUT_DIR=files["OUTPUT_DIR"])
     assert world == 1
@@ -269,7 +282,7 @@ def test_small_cpu_runs(tmp_path):
 
 def test_config_error_is_raised_for_a_bad_flag(files):
     """Guard for the test itself: a launcher flag the parser rejects would fail, not pass silently."""
-    _, args, world = dry_run(BASELINE, DATA_PATH="/d/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
+    _, args, world = dry_run(BASELINE, DATA_PATH=f"{files['DATA']}/x", TOKENIZER_MODEL=files["TOKENIZER_MODEL"],
                              CHECKPOINT_DIR=files["CHECKPOINT_DIR"], OUTPUT_DIR=files["OUTPUT_DIR"], MICRO_BATCH="3")
     with pytest.raises(ConfigError, match="global-batch-size"):
         parse_pretrain_config(args, world_size=world)
