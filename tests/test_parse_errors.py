@@ -94,3 +94,25 @@ def test_plot_runs_names_a_line_that_is_not_a_metrics_record(tmp_path):
                                       "--out", str(tmp_path / "p.png")])
         assert code == 2 and text.count("\n") == 1 and needle in text and "--metrics-file" in text, text
     assert not os.path.exists(tmp_path / "p.png")
+
+
+def test_a_difficulty_file_that_is_not_a_npy_array_is_named(tmp_path):
+    """--curriculum-difficulty-file (or the analyzer's file next to the data) of the wrong kind or
+    length: a DataError (one line from the entry points, exit 2), not numpy's traceback."""
+    import types
+
+    import numpy as np
+
+    from megatron.curriculum.metrics import load_sequence_values
+    from megatron.data.providers import DataError
+
+    low = types.SimpleNamespace(path_prefix=str(tmp_path / "corpus"), sequence_lengths=[3, 4, 5])
+    (tmp_path / "notes.npy").write_text("not an array\n")
+    np.save(tmp_path / "short.npy", np.arange(2.0))
+    np.save(tmp_path / "good.npy", np.arange(3.0))
+    for name, needle in (("notes.npy", "notes.npy is not a .npy array"), ("short.npy", "short.npy holds (2,) values"),
+                         ("missing.npy", "missing.npy is missing")):
+        with pytest.raises(DataError) as e:
+            load_sequence_values(low, "file", str(tmp_path / name))
+        _one_line(e.value, needle)
+    assert list(load_sequence_values(low, "file", str(tmp_path / "good.npy"))) == [0.0, 1.0, 2.0]

@@ -107,12 +107,19 @@ def load_sequence_values(low_level_dataset, metric: str, difficulty_file: Option
             counts[:len(c)] += c
         cost = token_cost(counts)
         return np.array([sequence_rarity(low_level_dataset[i], cost) for i in range(n)])
+    from megatron.data.providers import DataError  # the entry points report it in one line (exit 2)
+
     path = (difficulty_file.replace("{prefix}", prefix) if difficulty_file else difficulty_path(prefix, metric))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--curriculum-metric {metric}: {path} is missing; write it with "
-                                f"python tools/analyze_data.py --data-path {prefix} --metric {metric}"
-                                if metric != "file" else f"--curriculum-difficulty-file: {path} is missing")
-    values = np.load(path)
-    if values.shape != (n,):
-        raise ValueError(f"{path} holds {values.shape} values; {prefix} has {n} sequences (one value each)")
+        raise DataError(f"--curriculum-metric {metric}: {path} is missing; write it with "
+                        f"python tools/analyze_data.py --data-path {prefix} --metric {metric}"
+                        if metric != "file" else f"--curriculum-difficulty-file: {path} is missing")
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path} is not a .npy array ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                        f"give one value per sequence of {prefix}, as tools/analyze_data.py writes") from None
+    if getattr(values, "shape", None) != (n,):
+        raise DataError(f"{path} holds {getattr(values, 'shape', type(values).__name__)} values; {prefix} has {n} "
+                        "sequences (one value each)")
     return values
