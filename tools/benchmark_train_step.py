@@ -11,6 +11,18 @@ hits them alike; the table reports medians and ratios.
     python tools/benchmark_train_step.py --smoke             # tiny shape, seconds (CI)
     python tools/benchmark_train_step.py --profile 0.5       # + torch.profiler table for keep 0.5
     python tools/benchmark_train_step.py --extra --optimizer-impl foreach   # any pretrain flag
+    python tools/benchmark_train_step.py --host-overhead     # host cost per layer (CPU proxy of launches)
+
+On a GPU each row also has the kernel time, the kernel launches and the host time of a step (from
+torch.profiler), and whether the step is host-bound (the GPU busy for under 90% of the wall time).
+
+``--host-overhead`` measures what a layer costs the host, where arithmetic is negligible (24 layers,
+hidden 32, seq 32, one sample, one thread): dispatched operators and host microseconds per layer of
+forward+backward (the trainer's own forward-backward schedule, index plan included), baseline
+against random-LTD. A layer's cost is isolated by subtracting a 2-layer model (embedding, loss and
+the two full-length layers) and dividing by the other 22 layers, which are the dropping ones. The
+row "route, k = s" sends every token through gather/scatter: the same arithmetic as the baseline,
+so its ratio is the dropping path's own host cost.
 
 "ideal" = baseline FLOPs / variant FLOPs (megatron.training.metrics.step_model_flops, the
 trainer's own count); "efficiency" = measured speedup / ideal.
@@ -19,6 +31,7 @@ trainer's own count); "efficiency" = measured speedup / ideal.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -51,10 +64,20 @@ def parse(argv=None):
                    help="after timing, profile 3 steps of this variant (1.0 = keep 1.0; 0 = baseline) with torch.profiler")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further pretrain flags for every variant")
     p.add_argument("--smoke", action="store_true", help="tiny shape, few steps (CPU smoke test)")
+    p.add_argument("--host-overhead", action="store_true",
+                   help="host cost per layer at a shape where arithmetic is negligible (see the description)")
     p.add_argument("--main-job-flops", action="store_true",
                    help="only print the main job's (examples/quickstart.py, default preset) FLOP and layer-token ratios")
     p.add_argument("--json-out", default=None)
     a = p.parse_args(argv)
+    if a.host_overhead:
+        a.num_layers, a.hidden_size, a.num_attention_heads, a.seq_length = 24, 32, 2, 32
+        a.micro_batch_size, a.global_batch_size, a.vocab_size = 1, 1, 128
+        a.keep, a.threads = [0.5], a.threads or 1
+        a.warmup, a.blocks, a.iters_per_block = max(a.warmup, 2), max(a.blocks, 5), max(a.iters_per_block, 4)
+        if a.smoke:
+            a.num_layers, a.blocks, a.iters_per_block = 4, 1, 1
+        return a
     if a.smoke:
         a.num_layers, a.hidden_size, a.num_attention_heads, a.seq_length = 4, 32, 4, 32
         a.micro_batch_size, a.global_batch_size, a.vocab_size = 2, 4, 128
@@ -68,10 +91,10 @@ def kept_for(keep: float, s: int) -> int:
     return min(s, max(step, int(round(s * keep / step)) * step))
 
 
-def variant_argv(a, keep):
+def variant_argv(a, keep, num_layers=None):
     total_iters = a.warmup + a.blocks * a.iters_per_block + (3 if a.profile is not None else 0) + 2
     argv = [
-        "--mock-data", "--vocab-size", a.vocab_size, "--num-layers", a.num_layers, "--hidden-size", a.hidden_size,
+        "--mock-data", "--vocab-size", a.vocab_size, "--num-layers", num_layers or a.num_layers, "--hidden-size", a.hidden_size,
         "--num-attention-heads", a.num_attention_heads, "--seq-length", a.seq_length,
         "--max-position-embeddings", a.seq_length, "--micro-batch-size", a.micro_batch_size,
         "--global-batch-size", a.global_batch_size, "--train-iters", total_iters, "--lr", "1e-3", "--min-lr", "1e-4",
@@ -116,10 +139,99 @@ def main_job_flops() -> dict:
     return out
 
 
+def host_overhead(a) -> dict:
+    """Operators and host microseconds per layer of the trainer's forward+backward (see the module doc)."""
+    import torch
+
+    from megatron.runtime.device import destroy_distributed
+    from megatron.runtime.host_cost import count_ops
+    from megatron.training.arguments import parse_pretrain_config
+    from megatron.training.gpt import gpt_task
+    from megatron.training.trainer import Trainer
+
+    torch.set_num_threads(a.threads)
+    L = a.num_layers
+    import megatron.ltd.sampler as sampler
+
+    # "route, k = s": every token goes through gather/scatter (a forced plan that keeps them all), so
+    # the arithmetic is the baseline's exactly and the difference is the dropping path's host cost.
+    route = "route, k = s"
+    variants = ([("stem (2 layers)", None, 2), ("baseline", None, L), (route, 1.0, L)]
+                + [(f"keep {k:g}", k, L) for k in a.keep if k < 1.0])
+    trainers = {}
+    for name, keep, layers in variants:
+        cfg = parse_pretrain_config(variant_argv(a, keep, layers), model_type="gpt", world_size=1)
+        tr = Trainer(cfg, gpt_task(cfg))
+        trainers[name] = (tr, tr._iterators(tr.train_ds, 0))
+    build_plan = sampler.build_index_plan
+
+    def fwd_bwd(name):
+        tr, it = trainers[name]
+        i = tr.counters.iteration
+        work = tr.step_work(i)
+        for model in tr.models:
+            model.zero_grad_buffer()
+        sampler.build_index_plan = functools.partial(build_plan, force=True) if name == route else build_plan
+        try:
+            tr._run_schedule(it, tr._forward_step_fn(i, work.kept_length, work.seq_length), False, tr.num_microbatches, work)
+        finally:
+            sampler.build_index_plan = build_plan
+
+    for name, _, _ in variants:
+        for _ in range(a.warmup):
+            fwd_bwd(name)
+    times = {name: [] for name, _, _ in variants}
+    for _ in range(a.blocks):  # alternating blocks: machine noise hits every variant alike
+        for name, _, _ in variants:
+            for _ in range(a.iters_per_block):
+                t0 = time.process_time()
+                fwd_bwd(name)
+                times[name].append(time.process_time() - t0)
+    # Counted after timing: a dispatch mode, once used, leaves the dispatcher a little slower.
+    ops = {name: count_ops(lambda: fwd_bwd(name)) for name, _, _ in variants}
+    us = {name: statistics.median(v) * 1e6 for name, v in times.items()}
+    stem = "stem (2 layers)"
+    per = L - 2
+    base_us = (us["baseline"] - us[stem]) / per
+    base_ops = (ops["baseline"].compute - ops[stem].compute) / per
+    base_all = (ops["baseline"].total - ops[stem].total) / per
+    rows = []
+    for name, keep, layers in variants[1:]:
+        tr = trainers[name][0]
+        layer_us = (us[name] - us[stem]) / per
+        layer_ops = (ops[name].compute - ops[stem].compute) / per
+        layer_all = (ops[name].total - ops[stem].total) / per
+        rows.append({"run": name, "k": tr.kept_length(tr.counters.iteration), "step_us": us[name],
+                     "layer_us": layer_us, "host_ratio": layer_us / base_us,
+                     "layer_ops": layer_ops, "ops_ratio": layer_ops / base_ops,
+                     "layer_ops_all": layer_all, "ops_all_ratio": layer_all / base_all})
+    dev = trainers["baseline"][0].device_info.name
+    print(f"host overhead | device {dev} | torch threads {torch.get_num_threads()} | {L} layers, hidden {a.hidden_size}, "
+          f"seq {a.seq_length}, micro-batch {a.micro_batch_size} | forward+backward of the trainer's schedule, "
+          f"process CPU time, median of {a.blocks} x {a.iters_per_block} | per layer = (run - 2-layer stem) / {per}")
+    print(f"{'run':<12}{'k':>5}{'step us':>10}{'us/layer':>10}{'x base':>8}{'ops/layer':>11}{'x base':>8}"
+          f"{'all ops/layer':>15}{'x base':>8}")
+    for r in rows:
+        print(f"{r['run']:<12}{r['k']:>5}{r['step_us']:>10.0f}{r['layer_us']:>10.1f}{r['host_ratio']:>8.3f}"
+              f"{r['layer_ops']:>11.1f}{r['ops_ratio']:>8.3f}{r['layer_ops_all']:>15.1f}{r['ops_all_ratio']:>8.3f}")
+    print("ops = dispatched ATen operators that do work (each at least one kernel launch on a GPU); all ops adds "
+          "views and other metadata operators")
+    out = {"device": dev, "args": vars(a), "host_overhead": rows, "stem_us": us[stem]}
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump(out, f, indent=1)
+    for tr, _ in trainers.values():
+        tr.close()
+    destroy_distributed()
+    return out
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
     if a.main_job_flops:
         return main_job_flops()
+    if a.host_overhead:
+        return host_overhead(a)
     import torch
 
     if a.threads:

@@ -53,13 +53,25 @@ class RandomLTDTransformerLayer(TransformerLayer):
         if self.config.context_parallel_size != 1:
             raise ValueError("random-LTD does not support context parallelism (--context-parallel-size 1)")
         self._resolved_kernel: Optional[Tuple[torch.device, str]] = None
+        # The stock layer's forward, or a compiled version of it (megatron.models.compile): what
+        # runs on the kept (or all) tokens. Not a module or parameter: the state dict is unchanged.
+        self.dense_forward = None
+        # With --compile: gather, layer and scatter as one compiled function (native_dropping_forward).
+        self.dropping_forward = None
 
     def _kernel_for(self, hidden: torch.Tensor) -> str:
         """``ltd_kernel`` resolved for the input's device, once (not on every forward)."""
+        if self.ltd_kernel == "torch" or (self.ltd_kernel == "auto" and not torch.cuda.is_available()):
+            return "torch"  # no device to ask about: the torch ops run anywhere
         device = hidden.device
         if self._resolved_kernel is None or self._resolved_kernel[0] != device:
             self._resolved_kernel = (device, resolve_kernel(self.ltd_kernel, device))
         return self._resolved_kernel[1]
+
+    def _dense(self, **kwargs):
+        if self.dense_forward is not None:
+            return self.dense_forward(**kwargs)
+        return super().forward(**kwargs)
 
     def forward(
         self,
@@ -73,12 +85,11 @@ class RandomLTDTransformerLayer(TransformerLayer):
         plan = context_mask  # the index plan rides in the (otherwise unused) cross-attention mask slot
         sp = self.config.sequence_parallel
         tp = parallel_state.get_tensor_model_parallel_world_size() if sp else 1
-        seq_length = hidden_states.shape[0] * tp
         # No plan means nothing is dropped (the trainer passes None once the ramp has ended, so the
         # dropping path then costs nothing); a given plan always runs gather/scatter, even one that
         # keeps every token (which must equal the full-length path exactly).
         if plan is None or self.ltd_row is None or kwargs.get("inference_context") is not None:
-            return super().forward(
+            return self._dense(
                 hidden_states=hidden_states,
                 attention_mask=attention_mask,
                 context=context,
@@ -93,14 +104,14 @@ class RandomLTDTransformerLayer(TransformerLayer):
                 f"random-LTD layers {list(self.ltd_layer_numbers)} (expected IndexPlan.route_tensor())"
             )
         _, strata, per_stratum, batch = shape
+        full_shape = tuple(hidden_states.shape)  # [s (this rank's shard under SP), b, h]
+        seq_length = full_shape[0] * tp
         check_plan_fits(strata, tp)  # a plain or differently stratified plan would gather across shards
         if strata * per_stratum > seq_length:
             raise ValueError(f"index plan keeps {strata * per_stratum} tokens of a {seq_length}-token sequence")
         rows = plan[self.ltd_row]  # [strata, k/strata, b], global rows, position-major
         global_rows = rows.reshape(-1)
         local_rows = local_route_rows(rows, parallel_state.get_tensor_model_parallel_rank(), tp, seq_length) if tp > 1 else global_rows
-        route = TokenRoute(local_rows, self._kernel_for(hidden_states), kept_tokens=strata * per_stratum // tp)
-        kept = route.gather(hidden_states)
         kept_mask = gather_mask(attention_mask, route_positions(rows)) if attention_mask is not None else None
         kept_rope = None
         if rotary_pos_emb is not None:
@@ -108,7 +119,12 @@ class RandomLTDTransformerLayer(TransformerLayer):
                 kept_rope = tuple(gather_rotary_rows(r, global_rows, batch) for r in rotary_pos_emb)
             else:
                 kept_rope = gather_rotary_rows(rotary_pos_emb, global_rows, batch)
-        out, context = super().forward(
+        if self.dropping_forward is not None:
+            return self.dropping_forward(hidden_states, local_rows, kept_mask, kept_rope, context, **kwargs)
+        route = TokenRoute(local_rows, self._kernel_for(hidden_states), kept_tokens=strata * per_stratum // tp,
+                           full_shape=full_shape)
+        kept = route.gather(hidden_states)
+        out, context = self._dense(
             hidden_states=kept,
             attention_mask=kept_mask,
             context=context,
@@ -117,6 +133,20 @@ class RandomLTDTransformerLayer(TransformerLayer):
             **kwargs,
         )
         return route.scatter(hidden_states, out), context
+
+
+def native_dropping_forward(layer: TransformerLayer, hidden_states: torch.Tensor, rows: torch.Tensor,
+                            attention_mask, rotary_pos_emb, context, **kwargs):
+    """Gather, the stock layer, scatter, in native differentiable operators: what ``--compile``
+    compiles as one graph per dropping layer (megatron.models.compile). Same values as the eager
+    :class:`TokenRoute` path; autograd's extra full-size gradient terms (the scatter's zeroed rows,
+    the gather's zero-filled gradient and their sum) are left to the compiler to fuse into one pass."""
+    s, b, h = hidden_states.shape
+    flat = hidden_states.reshape(s * b, h)
+    kept = flat.index_select(0, rows).view(-1, b, h)
+    out, context = TransformerLayer.forward(layer, hidden_states=kept, attention_mask=attention_mask, context=context,
+                                            context_mask=None, rotary_pos_emb=rotary_pos_emb, **kwargs)
+    return flat.index_copy(0, rows, out.reshape(-1, h)).view(s, b, h), context
 
 
 def plan_tensor(plan) -> Optional[torch.Tensor]:

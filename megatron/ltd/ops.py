@@ -205,15 +205,18 @@ class TokenRoute:
     dispatches four more operators than a plain one and computes nothing else per call.
     """
 
-    __slots__ = ("rows", "kernel", "kept_tokens", "_slots", "grad_out", "full_shape", "_full")
+    __slots__ = ("rows", "kernel", "kept_tokens", "full_shape", "_slots", "grad_out", "_full")
 
-    def __init__(self, rows: torch.Tensor, kernel: str = "torch", kept_tokens: int | None = None) -> None:
+    def __init__(self, rows: torch.Tensor, kernel: str = "torch", kept_tokens: int | None = None,
+                 full_shape: tuple | None = None) -> None:
         self.rows = rows
         self.kernel = kernel
-        self.kept_tokens = kept_tokens  # k (per sample), when the caller knows it: saves asking ``rows``
+        # k per sample and the input's [s, b, h], when the caller knows them (the layer does): the
+        # forward then asks no tensor for its shape (each such question is a dispatched call).
+        self.kept_tokens = kept_tokens
+        self.full_shape = full_shape
         self._slots: torch.Tensor | None = None
         self.grad_out: torch.Tensor | None = None
-        self.full_shape: tuple | None = None
         self._full: torch.Tensor | None = None
 
     @classmethod
@@ -262,15 +265,24 @@ class TokenRoute:
         return base.index_copy(0, self.rows, kept)  # one pass: the copy of base and the kept rows
 
 
+def _route_shape(route: TokenRoute, x: torch.Tensor, name: str) -> tuple:
+    """``(s, b, h, k)`` of the route's full input; from the route when known, else from ``x``."""
+    if route.full_shape is None:
+        shape = x.shape
+        if len(shape) != 3:
+            raise ValueError(f"{name} must be [s, b, h], got {tuple(shape)}")
+        route.full_shape = tuple(shape)
+    s, b, h = route.full_shape
+    k = route.kept_tokens if route.kept_tokens is not None else route.rows.shape[0] // b
+    return s, b, h, k
+
+
 class _RouteGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, route: TokenRoute) -> torch.Tensor:
-        shape = route.full_shape = hidden.shape
-        if len(shape) != 3:
-            raise ValueError(f"hidden must be [s, b, h], got {tuple(shape)}")
-        s, b, h = shape
+        s, b, h, k = _route_shape(route, hidden, "hidden")
         ctx.route = route
-        return route._select(hidden.reshape(s * b, h)).view(-1, b, h)
+        return route._select(hidden.reshape(s * b, h)).view(k, b, h)
 
     @staticmethod
     @once_differentiable
@@ -287,22 +299,17 @@ class _RouteScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kept: torch.Tensor, route: TokenRoute) -> torch.Tensor:
         full, route._full = route._full, None
-        shape = full.shape
-        if len(shape) != 3:
-            raise ValueError(f"full must be [s, b, h], got {tuple(shape)}")
-        s, b, h = shape
-        k = route.kept_tokens if route.kept_tokens is not None else route.rows.shape[0] // b
-        if kept.shape != (k, b, h):
-            raise ValueError(f"kept_out must be [k={k}, b={b}, h={h}], got {tuple(kept.shape)}")
+        s, b, h, k = _route_shape(route, full, "full")
         ctx.route = route
-        ctx.shape = shape
-        return route._merge(full.reshape(s * b, h), kept.reshape(-1, h), s * b).view(s, b, h)
+        # A kept_out of the wrong size fails in the merge (index_copy checks its rows against the
+        # index), so no shape is asked for here.
+        return route._merge(full.reshape(s * b, h), kept.reshape(k * b, h), s * b).view(s, b, h)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         route = ctx.route
-        s, b, h = ctx.shape
+        s, b, h = route.full_shape
         # The dropped rows' gradient is the gather's to write (see TokenRoute.scatter): hand over
         # the incoming gradient by reference, never mutating it (autograd may share it).
         route.grad_out = grad

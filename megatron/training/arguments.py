@@ -201,6 +201,14 @@ def validate(cfg: PretrainConfig, world_size: int, argv_flags: Sequence[str] = (
         check_writable_dir("--tensorboard-dir", cfg.logging.tensorboard_dir)
     if cfg.model_type == "bert" and p.sequence_parallel:
         raise ConfigError("--sequence-parallel is not supported for BERT (its LM-head norm needs TransformerEngine/apex)")
+    if t.compile:
+        from megatron.models.compile import check_compiler
+        from megatron.runtime.device import gpu_requested
+
+        try:
+            check_compiler(gpu_requested(p.cpu))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 RAMP_FLAGS = ("--random-ltd-min-seq", "--random-ltd-max-seq", "--random-ltd-require-steps", "--random-ltd-seq-step")

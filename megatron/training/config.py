@@ -113,6 +113,11 @@ class TrainingConfig:
     recompute_granularity: Optional[str] = field(default=None, metadata=_m("Activation recompute.", choices=["full", "selective"]))
     recompute_method: Optional[str] = field(default=None, metadata=_m("Full recompute method.", choices=["uniform", "block"]))
     recompute_num_layers: Optional[int] = field(default=None, metadata=_m("Layers per recompute chunk / recomputed layers.", ge=1))
+    compile: bool = field(default=False, metadata=_m("torch.compile each transformer layer's dense computation (random-LTD's "
+                                                     "gather/scatter stay eager; the kept length is a dynamic size)."))
+    compile_mode: Optional[str] = field(default=None, metadata=_m(
+        "torch.compile mode for --compile (default 'default'; 'reduce-overhead' adds CUDA graphs, one per kept length, GPU only).",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"]))
     eval_interval: int = field(default=1000, metadata=_m("Evaluate on the validation split every this many iterations.", ge=1))
     eval_iters: int = field(default=100, metadata=_m("Validation iterations (global batches) per evaluation (0 = none).", ge=0, hint="0 = no evaluation"))
 
@@ -127,6 +132,8 @@ class TrainingConfig:
             raise ValueError("--recompute-method needs --recompute-granularity full")
         if self.recompute_granularity == "full" and (self.recompute_method is None or not self.recompute_num_layers):
             raise ValueError("--recompute-granularity full needs --recompute-method {uniform,block} and --recompute-num-layers N")
+        if self.compile_mode is not None and not self.compile:
+            raise ValueError("--compile-mode needs --compile")
 
 
 @dataclass

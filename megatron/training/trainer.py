@@ -98,6 +98,11 @@ class Trainer:
 
         self.models = build_model_chunks(provider, self.tconfig, self.device, use_distributed_optimizer=p.use_distributed_optimizer,
                                          overlap_grad_reduce=p.overlap_grad_reduce)
+        if t.compile:
+            from megatron.models.compile import compile_layers, compile_notice
+
+            compile_layers(self.models, t.compile_mode or "default")
+            _rank0_print(compile_notice(t.compile_mode or "default", self.device_info.use_gpu))
         opt_cfg = OptimizerConfig(
             optimizer=t.optimizer,
             lr=cfg.lr.lr,
