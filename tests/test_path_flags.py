@@ -12,8 +12,6 @@ import io
 import os
 import traceback
 
-import pytest
-
 from megatron.data import paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

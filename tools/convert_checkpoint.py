@@ -13,7 +13,6 @@ The Hugging Face directory (config.json, model.safetensors, tokenizer.json) load
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` (needs ``.[hf]``).
 """
 
-import argparse
 import os
 import sys
 
