@@ -59,10 +59,6 @@ class PathKind:
         if self.kind not in KINDS:
             raise ValueError(f"unknown path kind {self.kind!r} (one of {', '.join(KINDS)})")
 
-    @property
-    def expected(self) -> str:
-        return self.what or _DEFAULT_WHAT[self.kind]
-
 
 Spec = Union[str, Tuple[str, str], PathKind]
 
