@@ -17,13 +17,18 @@ def test_gpu_check_dry_run(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] and report["ok"]
     steps = {s["name"]: s for s in report["steps"]}
-    assert list(steps) == ["environment", "gpu_tests", "bench_torch", "bench_fused", "ops", "recipe_1.3b", "checkpoints"]
+    assert list(steps) == ["environment", "gpu_tests", "train_step", "train_step_compile", "recipe_1.3b", "bench_torch",
+                           "ops", "checkpoints"]
     assert all(s["rc"] == 0 and s["seconds"] > 0 for s in steps.values())
-    for name in ("bench_torch", "bench_fused"):
-        rows = steps[name]["result"]["rows"]
-        assert [r["keep"] for r in rows] == [1.0, 1.0, 0.75, 0.5, 0.25] and rows[0]["run"] == "baseline"
-        assert all(r["ms"] > 0 and r["ideal"] >= 1.0 for r in rows)
+    rows = steps["bench_torch"]["result"]["rows"]
+    assert [r["keep"] for r in rows] == [1.0, 1.0, 0.75, 0.5, 0.25] and rows[0]["run"] == "baseline"
+    assert all(r["ms"] > 0 and r["ideal"] >= 1.0 for r in rows)
     assert steps["bench_torch"]["result"]["kernel"] == "torch"
+    for name in ("train_step", "train_step_compile"):  # the trainer's step: baseline, keep 0.5, keep 0.25
+        rows = steps[name]["result"]["rows"]
+        assert [(r["run"], r["keep"]) for r in rows] == [("baseline", 1.0), ("random-LTD", 0.5), ("random-LTD", 0.25)]
+        assert all(r["ms"] > 0 for r in rows) and rows[2]["ideal"] > rows[1]["ideal"] > 1.0
+    assert "--compile" in steps["train_step_compile"]["command"]
     assert all(r["route_layer_ms"] >= 0 for r in steps["ops"]["result"]["rows"])
     train = steps["recipe_1.3b"]["result"]["train"]
     assert len(train) == 12 and train[-1]["kept_length"] > train[0]["kept_length"]  # the ramp ran

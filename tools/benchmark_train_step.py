@@ -92,7 +92,7 @@ def kept_for(keep: float, s: int) -> int:
 
 
 def variant_argv(a, keep, num_layers=None):
-    total_iters = a.warmup + a.blocks * a.iters_per_block + (3 if a.profile is not None else 0) + 2
+    total_iters = a.warmup + a.blocks * a.iters_per_block + (3 if a.profile is not None else 0) + 4  # + 2 profiled on a GPU
     argv = [
         "--mock-data", "--vocab-size", a.vocab_size, "--num-layers", num_layers or a.num_layers, "--hidden-size", a.hidden_size,
         "--num-attention-heads", a.num_attention_heads, "--seq-length", a.seq_length,
@@ -296,6 +296,13 @@ def main(argv=None) -> dict:
                      "cpu_efficiency": base_cpu / (statistics.median(cpu_times[name]) * 1000.0) / ideal,
                      "minor_faults": statistics.median(x[2] for x in samples[name]),
                      "tflops": flops / (ms / 1000.0) / 1e12})
+    if gpu:  # where the step's time goes on the device: kernel time, launches, host time
+        from megatron.runtime.host_cost import gpu_step_profile
+
+        for r, (name, _) in zip(rows, variants):
+            prof = gpu_step_profile(lambda: trainers[name].train_step(iterators[name]), repeats=2)
+            r.update({"kernel_ms": prof["kernel_ms"], "launches": prof["launches"], "host_ms": prof["host_ms"],
+                      "device_busy": prof["device_busy"], "host_bound": prof["host_bound"]})
     dev = trainers["baseline"].device_info.name
     n_ltd = trainers[variants[-1][0]].num_ltd_layers
     print(f"device: {dev} | {'bf16' if a.bf16 else 'fp32'} | torch threads {torch.get_num_threads()} | {a.num_layers} layers, "
@@ -308,6 +315,12 @@ def main(argv=None) -> dict:
         print(f"{r['run']:<12}{r['keep']:>6.3f}{r['k']:>6}{r['ms']:>10.1f}{r['ms_min']:>8.1f}{r['ms_max']:>8.1f}"
               f"{r['speedup']:>9.3f}{r['ideal']:>7.3f}{r['efficiency']:>8.3f}{r['cpu_ms']:>9.1f}{r['cpu_efficiency']:>9.3f}"
               f"{r['minor_faults']:>8.0f}")
+    if gpu:
+        print(f"\n{'run':<12}{'keep':>6}{'kernel ms':>11}{'launches':>10}{'host ms':>9}{'busy':>7}  host-bound "
+              "(torch.profiler over 2 steps; busy = kernel time / wall time)")
+        for r in rows:
+            print(f"{r['run']:<12}{r['keep']:>6.3f}{r['kernel_ms']:>11.1f}{r['launches']:>10.0f}{r['host_ms']:>9.1f}"
+                  f"{r['device_busy']:>7.2f}  {'yes' if r['host_bound'] else 'no'}")
     from megatron.training.optimizer_tuning import torch_optimizers
 
     groups = [g for o in torch_optimizers(trainers["baseline"].optimizer) for g in o.param_groups]
@@ -325,6 +338,10 @@ def main(argv=None) -> dict:
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
         print(f"\n=== torch.profiler, 3 steps of {name} (self CPU time)\n{table}")
         out["profile"] = table
+        if gpu:
+            device_table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
+            print(f"\n=== torch.profiler, 3 steps of {name} (self device time)\n{device_table}")
+            out["profile_device"] = device_table
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(out, f, indent=1)

@@ -43,7 +43,7 @@ class RandomLTDConfig:
             the dropped tokens do not depend on the TP size. Give the same value to runs that must
             drop the same tokens with and without sequence parallelism.
         kernel: gather/scatter implementation: ``torch`` ops, ``triton`` kernels, or ``auto``
-            (Triton on a CUDA device when it imports, else torch). Same values either way.
+            (= torch, the faster where measured). Same values either way.
     """
 
     enabled: bool = False
@@ -234,8 +234,8 @@ def add_random_ltd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                             f"(default: 1, or {SEQUENCE_PARALLEL_STRATA} with --sequence-parallel; "
                             "any TP size dividing it drops the same tokens).")
     group.add_argument("--random-ltd-kernel", choices=_KERNELS, default="auto",
-                       help="Gather/scatter implementation: torch ops, Triton kernels, or auto "
-                            "(Triton on a CUDA device when it imports, else torch).")
+                       help="Gather/scatter implementation: torch ops, Triton kernels (CUDA), or auto "
+                            "(= torch: the faster of the two where measured, docs/performance.md).")
     return parser
 
 

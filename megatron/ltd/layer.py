@@ -61,7 +61,7 @@ class RandomLTDTransformerLayer(TransformerLayer):
 
     def _kernel_for(self, hidden: torch.Tensor) -> str:
         """``ltd_kernel`` resolved for the input's device, once (not on every forward)."""
-        if self.ltd_kernel == "torch" or (self.ltd_kernel == "auto" and not torch.cuda.is_available()):
+        if self.ltd_kernel in ("torch", "auto"):
             return "torch"  # no device to ask about: the torch ops run anywhere
         device = hidden.device
         if self._resolved_kernel is None or self._resolved_kernel[0] != device:

@@ -174,15 +174,17 @@ def gather_rotary_rows(freqs: torch.Tensor, rows: torch.Tensor, batch: int) -> t
 
 # ---------------------------------------------------------------------- the layer's gather/scatter pair
 def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """``auto`` -> ``triton`` on a CUDA device when Triton imports, else ``torch``."""
+    """``auto`` -> ``torch``: the route's torch ops (one operator per direction).
+
+    On the one GPU measured (H200, 2026-12-04, docs/performance.md) the Triton kernels were slower
+    per layer than the route (0.80-0.90 ms against 0.48-0.64 ms, gather + scatter forward and
+    backward at the 1.3B shape) and behind it in the model at keep 0.25, so ``auto`` no longer picks
+    them; ``triton`` asks for them explicitly (``tools/gpu_check.sh``'s ``ops`` step compares both).
+    """
     if kernel not in KERNELS:
         raise ValueError(f"--random-ltd-kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
     if kernel == "auto":
-        if device.type != "cuda":
-            return "torch"
-        from megatron.ltd import triton_ops
-
-        return "triton" if triton_ops.available() else "torch"
+        return "torch"
     if kernel == "triton":
         from megatron.ltd import triton_ops
 
