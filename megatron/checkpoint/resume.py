@@ -103,7 +103,12 @@ def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: 
         else:
             diffs.append(f"--{k.replace('_', '-')}: checkpoint {saved.get(k)!r}, this run {v!r}")
     saved_vocab = meta.get("padded_vocab_size")
-    if padded_vocab_size is not None and saved_vocab is not None and saved_vocab != padded_vocab_size:
+    tp = layout.get("tp", 1)
+    if padded_vocab_size is not None and saved_vocab is not None and saved_vocab != padded_vocab_size and saved_vocab % tp:
+        # The padding rows cannot be re-padded (they are part of every softmax): the TP size must fit.
+        diffs.append(f"vocabulary: the checkpoint's padded vocabulary {saved_vocab} does not split evenly over "
+                     f"--tensor-model-parallel-size {tp}; resume with a TP size that divides {saved_vocab}")
+    elif padded_vocab_size is not None and saved_vocab is not None and saved_vocab != padded_vocab_size:
         tok = meta.get("tokenizer") or {}
         diffs.append(f"vocabulary (--vocab-size / tokenizer, padded): checkpoint {saved_vocab}, this run {padded_vocab_size}; "
                      f"resume with the checkpoint's tokenizer: --tokenizer-type {tok.get('tokenizer_type')}"
@@ -113,6 +118,17 @@ def check_compatible(meta: Dict[str, Any], model_flags: Dict[str, Any], layout: 
         raise CheckpointError("checkpoint model flags differ from this run:\n  " + "\n  ".join(diffs))
     saved_layout = meta.get("layout", {})
     return any(saved_layout.get(k) != layout.get(k) for k in ("tp", "pp", "dp", "vpp"))
+
+
+def pads_vocabulary(padded: int, vocab_size: int, divisible_by: int) -> bool:
+    """Whether ``padded`` is Megatron's padding of ``vocab_size`` at some TP size. Not only at the
+    checkpoint's own TP: a run resumed from TP=2 on one process keeps 50432 and saves it at TP=1."""
+    from megatron.training.model_setup import padded_vocab_size
+
+    if padded < vocab_size or padded % divisible_by:
+        return False
+    n = padded // divisible_by
+    return any(n % t == 0 and padded_vocab_size(vocab_size, divisible_by, t) == padded for t in range(1, n + 1))
 
 
 def resume_vocab_size(load: str, vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -128,8 +144,8 @@ def resume_vocab_size(load: str, vocab_size: int, divisible_by: int, tp: int) ->
         meta = files.read_manifest(plan.root, plan.candidates[0]) if plan.candidates else {}
     except CheckpointError:
         return own  # the load itself reports what is wrong
-    saved, saved_tp = meta.get("padded_vocab_size"), (meta.get("layout") or {}).get("tp", 1)
-    if saved is not None and saved == padded_vocab_size(vocab_size, divisible_by, saved_tp) and saved % tp == 0:
+    saved = meta.get("padded_vocab_size")
+    if saved is not None and saved % tp == 0 and pads_vocabulary(saved, vocab_size, divisible_by):
         return saved
     return own
 
@@ -250,6 +266,34 @@ def _apply(d: str, models, optimizer, scheduler, meta, opts: ResumeOptions, layo
     return common
 
 
+def check_optimizer_kind(meta: Dict[str, Any], optimizer, opts: ResumeOptions) -> None:
+    """megatron-core 0.16.1 reads a distributed optimizer's state only into a distributed optimizer
+    (and a plain one's only into a plain one): switching --use-distributed-optimizer with the
+    optimizer state is refused before anything loads, naming the way out."""
+    saved = meta.get("distributed_optimizer")
+    if saved is None or optimizer is None or opts.finetune or not opts.load_optim or meta.get("iteration") == 0:
+        return
+    this_run = state.uses_distributed_optimizer(optimizer)
+    if bool(saved) != this_run:
+        raise CheckpointError(
+            f"--use-distributed-optimizer: the checkpoint was saved {'with' if saved else 'without'} it, this run is "
+            f"{'with' if this_run else 'without'} it, and megatron-core cannot read one optimizer's state into the other; "
+            f"resume {'with' if saved else 'without'} --use-distributed-optimizer, or add --no-load-optim to keep the "
+            "weights and the LR schedule position and restart Adam's moments")
+
+
+def _dropout_note(flags: Optional[Dict[str, Any]]) -> str:
+    """Why a resumed run with dropout on another layout does not repeat the uninterrupted losses:
+    the dropout masks come from per-TP-rank and per-stage RNG streams, which exist per layout."""
+    on = {k: v for k, v in (flags or {}).items() if k in ("hidden_dropout", "attention_dropout") and v}
+    if not on:
+        return ""
+    named = ", ".join("--" + k.replace("_", "-") + f" {v}" for k, v in sorted(on.items()))
+    return (f"; with dropout on ({named}) the "
+            "losses differ from an uninterrupted run on the saved layout (other masks, statistically the same run); "
+            "resume on the saved layout to continue it exactly")
+
+
 def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, scheduler, model_flags: Dict[str, Any],
                     layout: Dict[str, int], opts: ResumeOptions, say: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
     """Load what ``--load`` names (see the module docstring); returns the checkpoint's trainer state
@@ -267,6 +311,7 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
             if meta["format"] == "legacy":
                 _refuse_legacy(d)
             reshard = check_compatible(meta, model_flags, layout, opts.all_flags, opts.padded_vocab_size)
+            check_optimizer_kind(meta, optimizer, opts)
             if not opts.finetune and opts.random_ltd is not None:
                 check_random_ltd(meta.get("random_ltd"), opts.random_ltd, opts.num_layers, opts.random_ltd_allow_change)
             verify(d, meta)
@@ -281,7 +326,7 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
         if reshard:
             say(f"[checkpoint] {d} was saved on layout {meta.get('layout')}: resharded to {layout}"
                 + ("; RNG states do not carry over to another layout (the run continues from --seed)"
-                   if opts.load_rng and not opts.finetune else ""))
+                   if opts.load_rng and not opts.finetune else "") + _dropout_note(opts.all_flags))
         out = dict(common.get("trainer") or {})
         out.update(iteration=iteration, path=d, fell_back=bool(failures))
         return out

@@ -55,6 +55,12 @@ def torch_optimizers(optimizer) -> List[Any]:
     return [(o, o.optimizer) for o in getattr(optimizer, "chained_optimizers", [optimizer]) if getattr(o, "optimizer", None)]
 
 
+def uses_distributed_optimizer(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return any(isinstance(o, DistributedOptimizer) for o in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
 def adam_step(optimizer) -> int:
     step = 0
     for _, opt in torch_optimizers(optimizer):
