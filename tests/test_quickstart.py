@@ -18,11 +18,16 @@ def _rows(path, kind):
     return [r for r in map(json.loads, open(path)) if r["kind"] == kind]
 
 
-def test_runs_are_set_by_their_budget_alone():
+def test_runs_are_set_by_their_budget_alone(tmp_path):
     from megatron.training.arguments import parse_pretrain_config
 
     p = quickstart.PRESETS["default"]
-    data = {"tokenizer_type": "NullTokenizer", "tokenizer_model": "x", "train_prefix": "t", "valid_prefix": "v"}
+    for name in ("t", "v"):  # dataset prefixes the parser checks exist (empty stand-ins: nothing is read)
+        for ext in (".bin", ".idx"):
+            (tmp_path / (name + ext)).write_bytes(b"")
+    (tmp_path / "x").write_bytes(b"")  # --tokenizer-model must exist (NullTokenizer never reads it)
+    data = {"tokenizer_type": "NullTokenizer", "tokenizer_model": str(tmp_path / "x"), "train_prefix": str(tmp_path / "t"),
+            "valid_prefix": str(tmp_path / "v")}
     for name, (ltd, fraction) in quickstart.RUNS.items():
         args = quickstart.train_args(p, data, "/tmp/x", ltd, fraction, seed=1)
         assert "--train-iters" not in args and "--lr-decay-tokens" not in args

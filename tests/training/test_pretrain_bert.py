@@ -217,8 +217,11 @@ def _dry_run(script, tmp_path, **env):
     vocab, ckpt = tmp_path / "vocab.txt", tmp_path / "ckpt"
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
     ckpt.mkdir(exist_ok=True)
+    data = tmp_path / "bert_text_sentence"
+    for ext in (".bin", ".idx"):  # the parser checks that the pair exists
+        data.with_suffix(ext).write_bytes(b"")
     full = {k: v for k, v in os.environ.items() if k not in ("TP", "PP", "TRAIN_ITERS", "EXTRA_ARGS", "NNODES")}
-    full.update(DRY_RUN="1", PYTHON=sys.executable, DATA_PATH="/data/bert_text_sentence", VOCAB_FILE=str(vocab),
+    full.update(DRY_RUN="1", PYTHON=sys.executable, DATA_PATH=str(data), VOCAB_FILE=str(vocab),
                 CHECKPOINT_DIR=str(ckpt), OUTPUT_DIR=str(tmp_path / "out"), **env)
     proc = subprocess.run(["bash", str(script)], env=full, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
