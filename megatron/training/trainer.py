@@ -514,9 +514,10 @@ class Trainer:
     def _print_header(self) -> None:
         cfg = self.cfg
         n_params = sum(p.numel() for m in self.models for p in m.parameters())
-        ltd = (f"random-LTD on layers {self.ltd_layers}, kept {self.kept_length(0)} -> "
-               f"{cfg.random_ltd.resolved_max_seq(cfg.model.seq_length)} over {cfg.random_ltd.require_steps} steps, "
-               f"{cfg.random_ltd.resolved_strata(cfg.parallel.sequence_parallel)} strata"
+        r = cfg.random_ltd
+        kept = (f"kept {r.constant_k} at every step" if r.constant_k is not None else
+                f"kept {self.kept_length(0)} -> {r.resolved_max_seq(cfg.model.seq_length)} over {r.require_steps} steps")
+        ltd = (f"random-LTD on layers {self.ltd_layers}, {kept}, {r.resolved_strata(cfg.parallel.sequence_parallel)} strata"
                if self.ltd_layers else "random-LTD off")
         self.logger.print(
             f"[setup] {cfg.model_type.upper()} {cfg.model.num_layers} layers x {cfg.model.hidden_size} hidden | "
