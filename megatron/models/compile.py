@@ -13,6 +13,11 @@ on a host-bound GPU step; the ramp has at most ``(s - min) / seq_step + 1`` leng
 With tensor parallelism each layer's graph is cut at megatron-core's collectives (asynchronous
 all-gather / reduce-scatter, which dynamo does not trace): still compiled, in a few pieces.
 
+Dropout inside a compiled graph draws from inductor's own generator, so with dropout on the
+masks differ from the eager run's (resuming a compiled run exactly is not tested); losses equal the
+eager path's with dropout off. On CPU, megatron's RNG tracker fork around dropout is also cut out
+of the graph (dynamo prints a one-time graph-break note about ``Tensor.item()``).
+
 On CPU the compiled layers run inductor's C++ code (a compiler is needed: gcc/clang); CUDA graphs
 are a GPU feature and torch skips them on CPU tensors, so ``reduce-overhead`` there is the plain
 compiled path. Losses equal the eager path's within float round-off (tests/training/test_compile.py).
