@@ -4,8 +4,8 @@ What is compiled is, for a full-length layer, the stock layer's forward (norms, 
 residuals), and for a dropping layer the gather, that forward on the kept tokens and the scatter as
 one graph (:func:`megatron.ltd.layer.native_dropping_forward`: native operators, whose gradient
 terms the compiler fuses). The kept tokens' row numbers are an ordinary graph input, made outside
-by the pure index plan, so nothing random is ever captured. The kept length is a dynamic dimension: after the first recompile (torch marks a size dynamic once it
-changes) one graph serves every length of the MSLG ramp, so the ramp does not recompile at each
+by the pure index plan, so nothing random is ever captured. The kept length is a dynamic
+dimension: after the first recompile (torch marks a size dynamic once it changes) one graph serves every length of the MSLG ramp, so the ramp does not recompile at each
 increment. ``--compile-mode reduce-overhead`` adds CUDA graphs (torch's cudagraph trees: one graph
 per distinct kept length, all in one shared memory pool), which is what removes launch overhead
 on a host-bound GPU step; the ramp has at most ``(s - min) / seq_step + 1`` lengths.
@@ -20,7 +20,7 @@ of the graph (dynamo prints a one-time graph-break note about ``Tensor.item()``)
 
 On CPU the compiled layers run inductor's C++ code (a compiler is needed: gcc/clang); CUDA graphs
 are a GPU feature and torch skips them on CPU tensors, so ``reduce-overhead`` there is the plain
-compiled path. Losses equal the eager path's within float round-off (tests/training/test_compile.py).
+compiled path. tests/training/test_compile.py holds the losses to the eager path's.
 """
 
 from __future__ import annotations
