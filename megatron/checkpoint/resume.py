@@ -266,13 +266,15 @@ def _apply(d: str, models, optimizer, scheduler, meta, opts: ResumeOptions, layo
     return common
 
 
-def check_optimizer_kind(meta: Dict[str, Any], optimizer, opts: ResumeOptions) -> None:
+def check_optimizer_kind(d: str, meta: Dict[str, Any], optimizer, opts: ResumeOptions) -> None:
     """megatron-core 0.16.1 reads a distributed optimizer's state only into a distributed optimizer
     (and a plain one's only into a plain one): switching --use-distributed-optimizer with the
     optimizer state is refused before anything loads, naming the way out."""
     saved = meta.get("distributed_optimizer")
     if saved is None or optimizer is None or opts.finetune or not opts.load_optim or meta.get("iteration") == 0:
         return
+    if not state.has_optimizer(d):
+        return  # weights only (converted): the load names --no-load-optim itself
     this_run = state.uses_distributed_optimizer(optimizer)
     if bool(saved) != this_run:
         raise CheckpointError(
@@ -311,10 +313,10 @@ def load_checkpoint(load: str, models: List[torch.nn.Module], optimizer, schedul
             if meta["format"] == "legacy":
                 _refuse_legacy(d)
             reshard = check_compatible(meta, model_flags, layout, opts.all_flags, opts.padded_vocab_size)
-            check_optimizer_kind(meta, optimizer, opts)
             if not opts.finetune and opts.random_ltd is not None:
                 check_random_ltd(meta.get("random_ltd"), opts.random_ltd, opts.num_layers, opts.random_ltd_allow_change)
             verify(d, meta)
+            check_optimizer_kind(d, meta, optimizer, opts)
         except CheckpointDamaged as e:
             failures.append(f"{d}: {e}")
             if plan.explicit:

@@ -134,7 +134,7 @@ def load(directory: str, models, optimizer, load_optim: bool, load_rng: bool, st
     request: Dict[str, Any] = dict(model_sd)
     common = dist_checkpointing.load_common_state_dict(directory)
     if load_optim and optimizer is not None:
-        if "optimizer" not in common and not _has_optimizer(directory):
+        if "optimizer" not in common and not has_optimizer(directory):
             from megatron.checkpoint.files import CheckpointError
 
             raise CheckpointError(f"{directory} holds no optimizer state (weights only): add --no-load-optim or --finetune")
@@ -178,7 +178,7 @@ def _step_kept_aside(optimizer):
             del megatron_opt._set_main_param_and_optimizer_states  # back to the class's method
 
 
-def _has_optimizer(directory: str) -> bool:
+def has_optimizer(directory: str) -> bool:
     from megatron.core.dist_checkpointing import load_tensors_metadata
 
     return any(k.startswith("optimizer.") for k in load_tensors_metadata(directory))
