@@ -12,7 +12,8 @@ Two models, between them every model option of the CLI:
 Layout changes TP2 -> 1, TP2 -> DP2, 1 -> TP2 and PP2 -> 1, with the distributed optimizer on and
 off (the parameter). CI runs a covering set (``COVERING``): every change with each optimizer
 setting, each model with every change once, plus TP2 x PP2 -> DP2 (all three at once);
-``MEGATRON_LTD_FULL_RESHARD=1`` runs every model with every change (2 min 15 s against 53 s).
+``MEGATRON_LTD_FULL_RESHARD=1`` runs every model with every change (2 min 15 s against 53 s, both on a
+busy 2-core machine; 44 s quiet).
 
 Each source run is the uninterrupted reference: it saves at iteration 2 and trains to 4. Each
 resumed run saves again right after loading; that checkpoint must equal the source's iteration 2
