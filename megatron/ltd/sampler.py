@@ -23,10 +23,9 @@ position is still kept with probability ``k/s``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple, Union
-
-import functools
 
 import numpy as np
 import torch
@@ -110,9 +109,10 @@ def _stratum_offsets(s: int, strata: int, device: torch.device) -> torch.Tensor:
     return torch.arange(0, s, s // strata, dtype=torch.int64, device=device).view(1, 1, strata, 1)
 
 
-def _row_bases(salts: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``[L, b]`` 32-bit row bases from per-layer salts and sample ids, on the host (numpy uint64:
-    the same integers as the device formula, with no launches for a few hundred values)."""
+def _row_bases(salts, ids):
+    """``[L, b]`` 32-bit row bases from per-layer salts ``[L]`` and sample ids ``[b]``: numpy uint64
+    arrays on the host (no launches for a few hundred values) or int64 tensors on the device; the
+    same integers either way."""
     id_lo, id_hi = ids & _M32, (ids >> 32) & _M32
     base = _mix32(salts[:, None] ^ id_lo[None, :])
     return _mix32(base ^ _mix32((id_hi + _GOLDEN) & _M32)[None, :])
@@ -160,11 +160,8 @@ def make_index_plan(
                           device)
     else:
         # Device ids: the same formula on the device, nothing read back to the host.
-        salt_t = _to_device(salts, device)  # [L]
         ids = sample_ids.to(device=device, dtype=torch.int64, non_blocking=True).reshape(-1)  # [b]
-        id_lo, id_hi = ids & _M32, (ids >> 32) & _M32
-        base = _mix32(salt_t[:, None] ^ id_lo[None, :])
-        base = _mix32(base ^ _mix32((id_hi + _GOLDEN) & _M32)[None, :])
+        base = _row_bases(_to_device(salts, device), ids)
     b = base.shape[1]
 
     # Keys: a bijection of the position for each row, so all keys in a row differ. [L, b, s]

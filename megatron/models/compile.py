@@ -1,4 +1,4 @@
-"""``--compile``: ``torch.compile`` of each transformer layer's dense computation.
+"""``--compile``: ``torch.compile`` of each transformer layer.
 
 What is compiled is, for a full-length layer, the stock layer's forward (norms, attention, MLP,
 residuals), and for a dropping layer the gather, that forward on the kept tokens and the scatter as
@@ -84,7 +84,7 @@ def _configure_dynamo(num_layers: int) -> None:
 
 
 def compile_layers(modules: Iterable[torch.nn.Module], mode: str = "default") -> int:
-    """Compile the dense forward of every ``TransformerLayer`` in ``modules``; returns how many."""
+    """Compile every ``TransformerLayer`` in ``modules`` (see the module doc); returns how many."""
     from megatron.core.transformer.transformer_layer import TransformerLayer
 
     from megatron.ltd.layer import RandomLTDTransformerLayer
@@ -120,7 +120,7 @@ def check_compiler(use_gpu: bool) -> None:
 
 def compile_notice(mode: str, use_gpu: bool) -> str:
     """The one line the trainer prints about what --compile does on this device."""
-    line = f"[compile] torch.compile of each transformer layer's dense computation, mode {mode!r}; the first steps compile"
+    line = f"[compile] torch.compile of each transformer layer, mode {mode!r}; the first steps compile"
     if mode == "reduce-overhead":
         line += (" (CUDA graphs: one per kept length, in one shared pool)" if use_gpu
                  else "; CUDA graphs need a GPU, so on CPU this is the compiled path without them")

@@ -113,8 +113,8 @@ class TrainingConfig:
     recompute_granularity: Optional[str] = field(default=None, metadata=_m("Activation recompute.", choices=["full", "selective"]))
     recompute_method: Optional[str] = field(default=None, metadata=_m("Full recompute method.", choices=["uniform", "block"]))
     recompute_num_layers: Optional[int] = field(default=None, metadata=_m("Layers per recompute chunk / recomputed layers.", ge=1))
-    compile: bool = field(default=False, metadata=_m("torch.compile each transformer layer's dense computation (random-LTD's "
-                                                     "gather/scatter stay eager; the kept length is a dynamic size)."))
+    compile: bool = field(default=False, metadata=_m("torch.compile each transformer layer (a dropping layer's gather, "
+                                                     "layer and scatter as one graph; the kept length is a dynamic size)."))
     compile_mode: Optional[str] = field(default=None, metadata=_m(
         "torch.compile mode for --compile (default 'default'; 'reduce-overhead' adds CUDA graphs, one per kept length, GPU only).",
         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"]))

@@ -239,3 +239,17 @@ def test_cpu_and_cuda_bit_identical():
     cpu = make_index_plan(*args, device="cpu", strata=4)
     gpu = make_index_plan(*args, device="cuda", strata=4)
     assert torch.equal(cpu, gpu.cpu())
+
+
+def test_row_bases_are_the_same_integers_on_the_host_and_as_tensors():
+    """The plan's row bases come from numpy on the host (the data loader's ids) and from torch ops
+    for ids already on a device: both must give the same integers, or CPU and CUDA plans differ."""
+    import numpy as np
+
+    from megatron.ltd.sampler import _hash_ints, _row_bases
+
+    salts = [_hash_ints(7, 3, n) for n in range(1, 23)]
+    ids = [0, 1, 5, 2**31 - 1, 2**32 + 17, 10**12]
+    host = _row_bases(np.asarray(salts, dtype=np.uint64), np.asarray(ids, dtype=np.uint64)).astype(np.int64)
+    tensors = _row_bases(torch.tensor(salts, dtype=torch.int64), torch.tensor(ids, dtype=torch.int64))
+    assert torch.equal(torch.from_numpy(host), tensors)
